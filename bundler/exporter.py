@@ -1,0 +1,240 @@
+"""The export pipeline: carry spec -> declare -> plan -> fetch -> chunks -> manifest -> sign -> record."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from bundler import __version__
+from bundler.errors import SpecError, UsageError
+from bundler.events import NullReporter, Reporter
+from bundler.fetch import Fetcher, Want
+from bundler.format.chunks import VolumeSet, max_raw_for, write_file_chunks
+from bundler.format.layout import (
+    DEFAULT_CHUNK_SIZE,
+    FAT32_MAX_FILE,
+    MANIFEST_NAME,
+    MIN_CHUNK_SIZE,
+    SIGNATURE_NAME,
+    VOLUME_NAME,
+)
+from bundler.format.manifest import SCHEMA_VERSION, BaseRef, Manifest, canonical_json, manifest_digest
+from bundler.format.signing import load_signing_key, sign
+from bundler.format.state import StateStore, atomic_write
+from bundler.kinds import REGISTRY
+from bundler.kinds.base import SourceContext
+from bundler.model import Artifact, Declared, Entry, FileRecord
+from bundler.plan import carry_plan
+from bundler.spec import load_spec
+
+#: Bytes per chunk that the manifest needs (chunk record + id in a file's list), generously.
+_MANIFEST_BYTES_PER_CHUNK = 320
+_VOLUME_SLACK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    spec: Path
+    out: Path
+    key: Path
+    state_dir: Path
+    cache_dir: Path
+    now: datetime
+    volume_size: int | None = None
+    chunk_size: int | None = None
+    full: bool = False
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    series: str
+    sequence: int
+    base: BaseRef | None
+    digest: str
+    signer: str
+    volumes: tuple[Path, ...]
+    entries: int
+    files: int
+    files_carried: int
+    raw_bytes: int
+    stored_bytes: int
+    chunks: int
+    expires: datetime | None
+    seconds: float
+
+
+def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> ExportResult:
+    rep = reporter or NullReporter()
+    started = time.monotonic()
+    spec = load_spec(opts.spec)
+    key = load_signing_key(opts.key)  # fail before any download if the key is unusable
+    chunk_size = opts.chunk_size or spec.chunk_size or DEFAULT_CHUNK_SIZE
+    if not MIN_CHUNK_SIZE <= chunk_size <= FAT32_MAX_FILE:
+        raise UsageError(
+            f"chunk size {chunk_size} is outside {MIN_CHUNK_SIZE}..{FAT32_MAX_FILE}",
+            remedy="pieces above 4 GiB - 1 do not fit on FAT32 media",
+        )
+    _check_out(opts.out)
+    ledger = StateStore(opts.state_dir)
+    with ledger.lock():
+        last = ledger.get(spec.series)
+        base_manifest = None if (last is None or opts.full) else ledger.manifest(last.digest)
+        work = opts.state_dir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        with Fetcher(opts.cache_dir, reporter=rep) as fetcher:
+            ctx = SourceContext(fetcher=fetcher, spec_dir=spec.directory, work_dir=work, reporter=rep)
+            declared = _declare_all(spec.sections, ctx)
+            plan = carry_plan(declared, base_manifest)
+            wants = [Want(a.url or "", a.sha256, a.size if a.size >= 0 else None) for a in plan.to_fetch]
+            fetched = fetcher.fetch_many(wants) if wants else {}
+        local = {a.sha256: a.local for d in declared for a in d.artifacts if a.local is not None}
+        local.update(fetched)
+        sizes = {sha: (p.stat().st_size) for sha, p in local.items() if p is not None}
+
+        capacity = None
+        if opts.volume_size is not None:
+            capacity = opts.volume_size - _reserve(declared, plan.carry, sizes, chunk_size, opts.volume_size)
+            if capacity < MIN_CHUNK_SIZE:
+                raise UsageError(
+                    f"--volume-size {opts.volume_size} leaves no room for chunks once the manifest fits",
+                    remedy="use a larger --volume-size",
+                )
+        volumes = VolumeSet(opts.out, capacity)
+        volumes.current_dir()
+        chunk_ids: dict[str, tuple[str, ...]] = {}
+        try:
+            total = sum(sizes[s] for s in plan.carry)
+            with rep.task("compress", total) as advance:
+                for sha in plan.carry:
+                    path = local[sha]
+                    assert path is not None
+                    chunk_ids[sha] = write_file_chunks(
+                        path, sha256=sha, size=sizes[sha], chunk_size=chunk_size, volumes=volumes, advance=advance
+                    )
+            entries = tuple(_entry(d, sizes, chunk_ids) for d in declared)
+            base = None if base_manifest is None or last is None else BaseRef(last.sequence, last.digest)
+            manifest = Manifest(
+                schema=SCHEMA_VERSION,
+                features=(),
+                series=spec.series,
+                sequence=(last.sequence + 1) if last else 1,
+                base=base,
+                created=opts.now,
+                expires=(opts.now + timedelta(days=spec.expires_days)) if spec.expires_days else None,
+                generator=f"bundler {__version__}",
+                chunk_size=chunk_size,
+                volumes=volumes.index,
+                entries=entries,
+                chunks=tuple(volumes.records.values()),
+            )
+            data = manifest.to_bytes()
+            Manifest.from_bytes(data)  # the exporter checks its own output with the importer's parser
+            digest = manifest_digest(data)
+            sig = sign(data, key)
+            for i, vdir in enumerate(volumes.dirs(), 1):
+                vdir.mkdir(parents=True, exist_ok=True)
+                info = canonical_json(
+                    {
+                        "bundle": digest,
+                        "series": spec.series,
+                        "sequence": manifest.sequence,
+                        "volume": i,
+                        "volumes": volumes.index,
+                    }
+                )
+                for name, content in ((SIGNATURE_NAME, sig), (VOLUME_NAME, info), (MANIFEST_NAME, data)):
+                    atomic_write(vdir / name, content)
+                if opts.volume_size is not None:
+                    used = sum(c.size for c in manifest.chunks_on(i)) + len(data) + len(sig) + len(info)
+                    if used > opts.volume_size:
+                        raise UsageError(
+                            f"volume {i} would hold {used} bytes, over --volume-size {opts.volume_size}",
+                            remedy="report this as a bug; use a larger --volume-size meanwhile",
+                        )
+        except BaseException:
+            for vdir in volumes.dirs():
+                shutil.rmtree(vdir, ignore_errors=True)
+            raise
+        ledger.record(data, manifest)
+    return ExportResult(
+        series=manifest.series,
+        sequence=manifest.sequence,
+        base=manifest.base,
+        digest=digest,
+        signer=key.keyid,
+        volumes=tuple(volumes.dirs()),
+        entries=len(entries),
+        files=sum(len(e.files) for e in entries),
+        files_carried=sum(1 for e in entries for f in e.files if f.carried),
+        raw_bytes=sum(sizes[s] for s in plan.carry),
+        stored_bytes=manifest.payload_size(),
+        chunks=len(manifest.chunks),
+        expires=manifest.expires,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} exists and is not empty", remedy="give a new or empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _declare_all(sections: Iterable[tuple[str, dict[str, object]]], ctx: SourceContext) -> list[Declared]:
+    declared: list[Declared] = []
+    keys: set[tuple[str, str, str]] = set()
+    paths: dict[tuple[str, str], str] = {}
+    for kind_name, section in sections:
+        for d in REGISTRY[kind_name].declare(section, ctx):
+            if (d.kind, d.name, d.arch) in keys:
+                raise SpecError(f"{d.kind} entry {d.name!r} ({d.arch}) is named twice in the carry spec")
+            keys.add((d.kind, d.name, d.arch))
+            for a in d.artifacts:
+                if paths.setdefault((d.kind, a.path), a.sha256) != a.sha256:
+                    raise SpecError(f"{d.kind}: two different files want the same path {a.path!r}")
+            declared.append(d)
+    return declared
+
+
+def _entry(d: Declared, sizes: dict[str, int], chunk_ids: dict[str, tuple[str, ...]]) -> Entry:
+    files = tuple(
+        FileRecord(path=a.path, sha256=a.sha256, size=_size(a, sizes), chunks=chunk_ids.get(a.sha256))
+        for a in d.artifacts
+    )
+    return Entry(kind=d.kind, name=d.name, version=d.version, arch=d.arch, files=files, metadata=d.metadata)
+
+
+def _size(a: Artifact, sizes: dict[str, int]) -> int:
+    return a.size if a.size >= 0 else sizes[a.sha256]
+
+
+def _reserve(
+    declared: list[Declared], carry: tuple[str, ...], sizes: dict[str, int], chunk_size: int, volume_size: int
+) -> int:
+    """An upper bound of what manifest.json, manifest.sig and volume.json take on every volume."""
+    draft = Manifest(
+        schema=SCHEMA_VERSION,
+        features=(),
+        series="x" * 64,
+        sequence=10**9,
+        base=BaseRef(10**9 - 1, "0" * 64),
+        created=datetime(2000, 1, 1).astimezone(),
+        expires=None,
+        generator=f"bundler {__version__}",
+        chunk_size=chunk_size,
+        volumes=10**6,
+        entries=tuple(
+            replace(_entry(d, sizes, {}), files=tuple(FileRecord(a.path, a.sha256, 10**15, None) for a in d.artifacts))
+            for d in declared
+        ),
+        chunks=(),
+    )
+    total = sum(sizes[s] for s in carry)
+    est_volumes = math.ceil(total / max(1, volume_size // 2)) + 1
+    est_chunks = sum(math.ceil(sizes[s] / max_raw_for(chunk_size)) for s in carry) + est_volumes + len(carry)
+    return len(draft.to_bytes()) + est_chunks * _MANIFEST_BYTES_PER_CHUNK + _VOLUME_SLACK

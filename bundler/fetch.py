@@ -1,0 +1,584 @@
+"""The one HTTP downloader every content kind uses.
+
+Every file bundler carries is fetched by :class:`Fetcher` into a content-addressed
+cache (``cache_dir/sha256/<first2>/<sha256>``). A file is only ever placed there
+after its size and sha256 were checked while it streamed in, so anything found in
+the cache is trusted without network access.
+
+How a download works:
+
+* bytes stream into ``cache_dir/partial/<sha256>`` in 1 MiB reads, hashed as they
+  arrive; the file is never held in memory;
+* a partial file left by a broken connection or an interrupted run is resumed with
+  an HTTP ``Range`` request (its bytes are hashed first); a server that ignores
+  ``Range`` (answers 200) is read from the start, a 416 answer or a partial longer
+  than the declared size discards the partial;
+* connection errors, timeouts, mid-stream breaks, 408, 429 and 5xx are retried
+  with exponential backoff (``Retry-After`` honoured when it is a number); other
+  4xx answers fail at once;
+* bodies are taken exactly as sent on the wire: ``Accept-Encoding: identity`` is
+  asked for and a ``Content-Encoding`` is never decoded (a ``.gz`` file that a
+  misconfigured server labels ``Content-Encoding: gzip`` still hashes right).
+
+Errors: :class:`~bundler.errors.UpstreamDigestError` when upstream content does not
+match the size or digest it was declared with (retrying cannot help), and
+:class:`~bundler.errors.FetchError` when the server refuses the request or the
+network keeps failing. Local file-system errors (disk full, permissions) are not
+wrapped and propagate as :class:`OSError`.
+
+Only one process is expected to use a cache directory at a time (the state lock
+guarantees that); threads within one process are coordinated here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from bundler.errors import FetchError, UpstreamDigestError
+from bundler.events import Advance, NullReporter, Reporter
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
+
+__all__ = ["CHUNK_SIZE", "MAX_DELAY", "Fetcher", "Want"]
+
+CHUNK_SIZE: Final = 1 << 20
+"""Bytes asked for per read, and per hash update."""
+
+MAX_DELAY: Final = 30.0
+"""Longest wait between two attempts, in seconds (also caps ``Retry-After``)."""
+
+_SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
+_CONTENT_RANGE_RE: Final = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*")
+
+# Network failures worth another attempt. ``urllib3`` errors show up because the
+# body is read from ``response.raw`` (so that it is never content-decoded).
+_NETWORK_ERRORS: Final = (requests.RequestException, urllib3.exceptions.HTTPError)
+
+# Request errors that another attempt cannot fix.
+_REQUEST_FATAL: Final = (
+    requests.exceptions.URLRequired,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.TooManyRedirects,
+)
+
+
+@dataclass(frozen=True)
+class Want:
+    """One file to download: where it is and what it must be.
+
+    Raises :class:`ValueError` when built with a malformed digest, a negative size
+    or a URL that is not ``http(s)://``: those are programming errors, callers
+    validate upstream metadata before building a ``Want``.
+    """
+
+    url: str
+    sha256: str
+    size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _SHA256_RE.fullmatch(self.sha256):
+            raise ValueError(f"Want.sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+        if self.size is not None and self.size < 0:
+            raise ValueError(f"Want.size must not be negative, got {self.size}")
+        if urlsplit(self.url).scheme not in ("http", "https"):
+            raise ValueError(f"Want.url must be an http(s) URL, got {self.url!r}")
+
+
+class _Retryable(Exception):
+    """This attempt failed in a way another attempt may fix."""
+
+    def __init__(self, cause: str, retry_after: float | None = None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.retry_after = retry_after
+
+
+class _Restart(Exception):
+    """The partial file cannot be resumed: discard it and start from byte zero."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class _Cancelled(Exception):
+    """A sibling download failed hard or the caller was interrupted."""
+
+
+class _Progress:
+    """Advances a reporter task by bytes newly on disk, never counting a byte twice
+    (a restarted download re-reads bytes that were already reported)."""
+
+    def __init__(self, advance: Advance) -> None:
+        self._advance = advance
+        self._high = 0
+
+    def to(self, position: int) -> None:
+        if position > self._high:
+            self._advance(position - self._high)
+            self._high = position
+
+
+@dataclass
+class _Attempts:
+    """What one :meth:`Fetcher.fetch` learnt across its attempts."""
+
+    free_restart: bool = True
+    """A discarded partial (416, foreign partial content) gets one extra attempt."""
+    retried_mismatch: bool = False
+    """A digest mismatch on a file assembled from several responses was retried."""
+
+
+class Fetcher:
+    """Downloads files into a verified, content-addressed cache.
+
+    ``retries`` is the number of attempts after the first one. ``timeout`` is
+    ``(connect, read)`` in seconds; the read timeout applies to each socket read,
+    not the whole download. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        reporter: Reporter | None = None,
+        timeout: tuple[float, float] = (10.0, 60.0),
+        retries: int = 5,
+        backoff: float = 0.5,
+        workers: int = 4,
+        user_agent: str = "bundler/0.1",
+    ) -> None:
+        if retries < 0 or workers < 1 or backoff < 0:
+            raise ValueError("retries and backoff must be >= 0 and workers >= 1")
+        self._cache_dir = Path(cache_dir)
+        self._store = self._cache_dir / "sha256"
+        self._partial_dir = self._cache_dir / "partial"
+        self._store.mkdir(parents=True, exist_ok=True)
+        self._partial_dir.mkdir(parents=True, exist_ok=True)
+        self._reporter: Reporter = reporter if reporter is not None else NullReporter()
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._workers = workers
+        # One Session shared by all worker threads. Its connection pool (urllib3's
+        # PoolManager) is thread-safe, and we only ever issue GETs with per-call
+        # headers, never mutating Session state after this constructor, so the parts
+        # of Session that are not thread-safe are not exercised. One session keeps
+        # connection reuse across workers and lets close() release everything.
+        # pool_maxsize >= workers so that no worker's connection is thrown away;
+        # max_retries=0 because retrying is done here, with resume.
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = user_agent
+        self._session.headers["Accept-Encoding"] = "identity"
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(workers, 10), max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # --- public API -----------------------------------------------------------------
+
+    def fetch(self, want: Want) -> Path:
+        """Return the cache path of ``want``'s verified file, downloading it if needed.
+
+        A file already in the cache is returned without any network access.
+        """
+        cached = self._cached(want)
+        if cached is not None:
+            return cached
+        with self._reporter.task("download", want.size, "B") as advance:
+            return self._fetch(want, _Progress(advance), None)
+
+    def fetch_many(self, wants: Sequence[Want]) -> dict[str, Path]:
+        """Fetch many files in parallel; return their cache paths keyed by sha256.
+
+        Duplicates (same sha256) are fetched once, from the first URL given. One
+        reporter task ``"download"`` covers the bytes not cached yet (its total is
+        ``None`` when a size is unknown). When a download fails the others still
+        finish, so the cache fills as far as it can, then the first error (in the
+        order of ``wants``) is raised.
+        """
+        unique: dict[str, Want] = {}
+        for want in wants:
+            seen = unique.get(want.sha256)
+            if seen is None or (seen.size is None and want.size is not None):
+                unique[want.sha256] = want
+            elif want.size is not None and want.size != seen.size:
+                raise UpstreamDigestError(
+                    f"sha256 {want.sha256} is declared with two sizes: {seen.size} bytes "
+                    f"({seen.url}) and {want.size} bytes ({want.url})",
+                    remedy="the upstream metadata is inconsistent; refresh it and re-run",
+                )
+
+        found: dict[str, Path] = {}
+        todo: list[Want] = []
+        for sha, want in unique.items():
+            cached = self._cached(want)
+            if cached is not None:
+                found[sha] = cached
+            else:
+                todo.append(want)
+        if todo:
+            sizes = [w.size for w in todo]
+            total = None if None in sizes else sum(s for s in sizes if s is not None)
+            cancel = threading.Event()
+            errors: list[BaseException] = []
+            with self._reporter.task("download", total, "B") as advance:
+                advance_lock = threading.Lock()
+
+                def locked_advance(n: int) -> None:
+                    with advance_lock:
+                        advance(n)
+
+                pool = ThreadPoolExecutor(max_workers=min(self._workers, len(todo)), thread_name_prefix="bundler-fetch")
+                try:
+                    futures: list[tuple[str, Future[Path]]] = [
+                        (w.sha256, pool.submit(self._fetch, w, _Progress(locked_advance), cancel)) for w in todo
+                    ]
+                    for sha, future in futures:
+                        try:
+                            found[sha] = future.result()
+                        except Exception as exc:
+                            errors.append(exc)
+                except BaseException:
+                    # Interrupted (Ctrl-C): stop the workers at their next read, keep
+                    # their partial files for the next run.
+                    cancel.set()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+                finally:
+                    pool.shutdown(wait=True)
+            if errors:
+                raise errors[0]
+        return {sha: found[sha] for sha in unique}
+
+    def get_bytes(self, url: str, *, max_size: int) -> bytes:
+        """Download small metadata whose digest is not known in advance. Not cached.
+
+        Same retries as :meth:`fetch` (a broken transfer restarts from zero). A body
+        larger than ``max_size`` is refused with
+        :class:`~bundler.errors.UpstreamDigestError` as soon as the ``Content-Length``
+        or the bytes received exceed it, so a huge answer never fills memory.
+        """
+        if max_size < 0:
+            raise ValueError(f"max_size must not be negative, got {max_size}")
+        failures = 0
+        while True:
+            try:
+                return self._get_once(url, max_size)
+            except _Retryable as exc:
+                cause, delay = exc.cause, self._delay(failures, exc.retry_after)
+            failures += 1
+            if failures > self._retries:
+                raise self._exhausted(url, failures, cause)
+            time.sleep(delay)
+
+    def close(self) -> None:
+        """Release the network connections."""
+        self._session.close()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- cache layout -----------------------------------------------------------------
+
+    def _final_path(self, sha256: str) -> Path:
+        return self._store / sha256[:2] / sha256
+
+    def _partial_path(self, sha256: str) -> Path:
+        return self._partial_dir / sha256
+
+    def _cached(self, want: Want) -> Path | None:
+        final = self._final_path(want.sha256)
+        try:
+            size = final.stat().st_size
+        except FileNotFoundError:
+            return None
+        if want.size is not None and size != want.size:
+            # Only verified files are ever renamed into place, so this is damage
+            # done outside bundler. Fetch it again.
+            self._reporter.warn(f"cached file {final} has {size} bytes, expected {want.size}: downloading it again")
+            final.unlink(missing_ok=True)
+            return None
+        return final
+
+    def _lock_for(self, sha256: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(sha256, threading.Lock())
+
+    # --- one file -----------------------------------------------------------------------
+
+    def _fetch(self, want: Want, progress: _Progress, cancel: threading.Event | None) -> Path:
+        with self._lock_for(want.sha256):
+            # Another thread may have fetched it while we waited for the lock.
+            cached = self._cached(want)
+            if cached is not None:
+                return cached
+            partial = self._partial_path(want.sha256)
+            state = _Attempts()
+            failures = 0
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise _Cancelled()
+                try:
+                    return self._attempt(want, partial, progress, cancel, state)
+                except UpstreamDigestError:
+                    partial.unlink(missing_ok=True)
+                    raise
+                except _Restart as exc:
+                    partial.unlink(missing_ok=True)
+                    cause, delay = exc.cause, 0.0
+                    if state.free_restart:
+                        state.free_restart = False
+                        continue
+                except _Retryable as exc:
+                    cause, delay = exc.cause, self._delay(failures, exc.retry_after)
+                failures += 1
+                if failures > self._retries:
+                    raise self._exhausted(want.url, failures, cause)
+                if cancel is None:
+                    time.sleep(delay)
+                elif cancel.wait(delay):
+                    raise _Cancelled()
+
+    def _attempt(
+        self,
+        want: Want,
+        partial: Path,
+        progress: _Progress,
+        cancel: threading.Event | None,
+        state: _Attempts,
+    ) -> Path:
+        """One request. Returns the final path, or raises to say what to do next."""
+        hasher = hashlib.sha256()
+        offset = self._hash_partial(want, partial, hasher)
+        progress.to(offset)
+        if offset and offset == want.size:
+            # Complete but not renamed (interrupted between the two): no request needed.
+            if hasher.hexdigest() == want.sha256:
+                return self._commit(partial, want.sha256)
+            raise _Restart("the partial file left by an earlier run has the wrong content")
+
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with self._get(want.url, headers) as resp:
+            if resp.status_code == 416 and offset:
+                raise _Restart(f"the server refused to resume at byte {offset} (HTTP 416)")
+            self._check_status(want.url, resp, (200, 206))
+            if resp.status_code == 206:
+                if not offset:
+                    raise _Retryable("the server answered 206 to a request without Range")
+                start, total = _content_range(resp)
+                if start != offset:
+                    raise _Restart(f"the server resumed at byte {start}, not {offset}")
+                if total is not None and want.size is not None and total != want.size:
+                    raise self._size_mismatch(want, total)
+                mode = "ab"
+            else:
+                if offset:  # Range ignored: the body starts at byte zero.
+                    hasher = hashlib.sha256()
+                    offset = 0
+                length = _content_length(resp)
+                if length is not None and want.size is not None and length != want.size:
+                    raise self._size_mismatch(want, length)
+                mode = "wb"
+            fresh = offset == 0  # the whole file comes from this one response
+
+            position = offset
+            with open(partial, mode) as out:
+                try:
+                    for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
+                        if cancel is not None and cancel.is_set():
+                            raise _Cancelled()
+                        position += len(chunk)
+                        if want.size is not None and position > want.size:
+                            raise self._size_mismatch(want, f"more than {want.size}")
+                        hasher.update(chunk)
+                        out.write(chunk)
+                        progress.to(position)
+                except _NETWORK_ERRORS as exc:
+                    raise _Retryable(f"the connection broke after {position} bytes ({exc})") from exc
+                finally:
+                    out.flush()
+                    os.fsync(out.fileno())
+
+        if want.size is not None and position < want.size:
+            raise _Retryable(f"the connection closed after {position} of {want.size} bytes")
+        digest = hasher.hexdigest()
+        if digest != want.sha256:
+            if not fresh and not state.retried_mismatch:
+                # Assembled from several responses: the upstream file may have been
+                # replaced in between, or an old partial was bad. Try once from zero.
+                state.retried_mismatch = True
+                raise _Restart("the resumed download did not match its sha256")
+            raise UpstreamDigestError(
+                f"{want.url} does not match its declared sha256: expected {want.sha256}, got {digest}",
+                remedy="the upstream file changed or is corrupt, or a proxy altered it; refresh the "
+                "upstream metadata (re-run so its index is fetched again) and check for an "
+                "intercepting proxy. Nothing was cached.",
+            )
+        return self._commit(partial, want.sha256)
+
+    def _hash_partial(self, want: Want, partial: Path, hasher: HASH) -> int:
+        """Feed an existing partial file to ``hasher``; return its length (0 if none)."""
+        try:
+            f = open(partial, "rb")  # noqa: SIM115 - closed below, FileNotFoundError first
+        except FileNotFoundError:
+            return 0
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            if want.size is not None and size > want.size:
+                partial.unlink(missing_ok=True)
+                return 0
+            done = 0
+            while chunk := f.read(CHUNK_SIZE):
+                hasher.update(chunk)
+                done += len(chunk)
+            return done
+
+    def _commit(self, partial: Path, sha256: str) -> Path:
+        final = self._final_path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(partial, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def _size_mismatch(self, want: Want, got: int | str) -> UpstreamDigestError:
+        return UpstreamDigestError(
+            f"{want.url} does not match its declared size: expected {want.size} bytes, got {got}",
+            remedy="the upstream file changed or the metadata that declared it is stale; refresh "
+            "the upstream metadata (re-run so its index is fetched again). Nothing was cached.",
+        )
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    def _get(self, url: str, headers: dict[str, str]) -> requests.Response:
+        try:
+            return self._session.get(url, headers=headers, stream=True, timeout=self._timeout, allow_redirects=True)
+        except _REQUEST_FATAL as exc:
+            raise FetchError(
+                f"could not request {url}: {exc}",
+                remedy="check the URL in the carry spec or the upstream metadata that named it",
+            ) from exc
+        except _NETWORK_ERRORS as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _check_status(self, url: str, resp: requests.Response, ok: tuple[int, ...]) -> None:
+        code = resp.status_code
+        if code in ok:
+            return
+        answer = f"HTTP {code} {resp.reason or ''}".rstrip()
+        if code in (408, 429) or 500 <= code <= 599:
+            raise _Retryable(f"the server answered {answer}", _retry_after(resp))
+        if code == 404 or code == 410:
+            remedy = (
+                "check that upstream still offers this file; if an index named it, the index may be "
+                "stale: re-run so it is fetched again, or fix the carry spec"
+            )
+        elif code in (401, 403, 407):
+            remedy = "check access rights to this URL and the proxy settings (HTTPS_PROXY, HTTP_PROXY)"
+        else:
+            remedy = "check the URL and the upstream server"
+        raise FetchError(f"{url}: the server answered {answer}", remedy=remedy)
+
+    def _get_once(self, url: str, max_size: int) -> bytes:
+        with self._get(url, {}) as resp:
+            self._check_status(url, resp, (200,))
+            length = _content_length(resp)
+            if length is not None and length > max_size:
+                raise _too_big(url, max_size, f"{length} bytes")
+            body = bytearray()
+            try:
+                for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
+                    if len(body) + len(chunk) > max_size:
+                        raise _too_big(url, max_size, "more")
+                    body += chunk
+            except _NETWORK_ERRORS as exc:
+                raise _Retryable(f"the connection broke after {len(body)} bytes ({exc})") from exc
+            return bytes(body)
+
+    def _delay(self, failures: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_DELAY)
+        return float(min(self._backoff * 2**failures, MAX_DELAY))
+
+    def _exhausted(self, url: str, attempts: int, cause: str) -> FetchError:
+        host = urlsplit(url).hostname or url
+        return FetchError(
+            f"could not download {url} after {attempts} attempts; last error: {cause}",
+            remedy=f"check that this machine can reach {host} (and the proxy settings HTTPS_PROXY, "
+            "HTTP_PROXY), then re-run: bytes already downloaded are kept and resumed",
+        )
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    """``Retry-After`` in seconds when it is a number (HTTP dates are ignored)."""
+    value = resp.headers.get("Retry-After", "").strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def _content_length(resp: requests.Response) -> int | None:
+    value = resp.headers.get("Content-Length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _content_range(resp: requests.Response) -> tuple[int, int | None]:
+    """(first byte, complete length or None) from a 206 answer's ``Content-Range``."""
+    value = resp.headers.get("Content-Range", "")
+    match = _CONTENT_RANGE_RE.fullmatch(value)
+    if match is None:
+        raise _Restart(f"the server sent an unusable Content-Range {value!r}")
+    total = match.group(3)
+    return int(match.group(1)), None if total == "*" else int(total)
+
+
+def _too_big(url: str, max_size: int, got: str) -> UpstreamDigestError:
+    return UpstreamDigestError(
+        f"{url} is larger than the {max_size} bytes allowed for it (got {got})",
+        remedy="check that the URL points at the metadata expected there and not at something "
+        "else (a captive portal or proxy page, a wrong path)",
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # some file systems refuse fsync on directories
+            os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,341 @@
+"""Chunks: how a file becomes zstd pieces on volumes, and how pieces become a file again.
+
+A carried file is cut into consecutive raw segments. Each segment is compressed into
+exactly one zstd frame (level 3, content size and XXH64 checksum in the frame) and
+stored as ``chunks/<id[:2]>/<id>`` where ``id`` is the sha256 of the stored bytes, so
+``sha256sum`` alone can audit a volume. A segment is sized so that even incompressible
+data (zstd's worst case) cannot exceed the chunk size cap or the room left on the
+current volume; volumes therefore fill up to their size and a file may continue on
+the next volume.
+
+Reading streams everything: memory stays bounded by a few block buffers, whatever
+the file size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, cast
+
+import zstandard
+
+from bundler.errors import DigestError, MissingChunkError, UnsafeMediaError, UpstreamDigestError, UsageError
+from bundler.format.layout import CHUNKS_DIR, MIN_CHUNK_SIZE, chunk_relpath, volume_dir_name
+from bundler.format.manifest import ChunkRecord
+
+BLOCK = 4 * 1024 * 1024
+ZSTD_LEVEL = 3
+#: zstd's worst case is input + input/256 + a small constant; keep a generous margin.
+_FRAME_SLACK = 1024
+
+Sink = Callable[[bytes], None]
+Advance = Callable[[int], None]
+
+
+def max_raw_for(stored_room: int) -> int:
+    """The largest raw segment whose zstd frame is guaranteed to fit in ``stored_room`` bytes."""
+    return max(0, (stored_room - _FRAME_SLACK) * 256 // 257)
+
+
+def stored_bound(raw: int) -> int:
+    """An upper bound of the stored size of a ``raw``-byte segment."""
+    return raw + raw // 256 + _FRAME_SLACK
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class VolumeSet:
+    """Fills volume directories ``vol-001``, ``vol-002``... under ``out`` one after another.
+
+    ``capacity`` is the room for chunks per volume (the volume size less what the
+    manifest, signature and volume files need), or None for a single unbounded volume.
+    """
+
+    out: Path
+    capacity: int | None
+    index: int = 1
+    used: int = 0
+    records: dict[str, ChunkRecord] = field(default_factory=dict)
+
+    def room(self) -> int | None:
+        return None if self.capacity is None else self.capacity - self.used
+
+    def current_dir(self) -> Path:
+        d = self.out / volume_dir_name(self.index)
+        (d / CHUNKS_DIR).mkdir(parents=True, exist_ok=True)
+        return d
+
+    def next_volume(self) -> None:
+        self.index += 1
+        self.used = 0
+
+    def dirs(self) -> list[Path]:
+        return [self.out / volume_dir_name(i) for i in range(1, self.index + 1)]
+
+
+class _BlockReader:
+    """Reads a file in a background thread, hashing it as it goes (hashlib releases the GIL),
+    so that reading and hashing overlap with compression and writing."""
+
+    def __init__(self, fh: IO[bytes], hasher: hashlib._Hash) -> None:
+        self._q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+        self._fh = fh
+        self._hasher = hasher
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                block = self._fh.read(BLOCK)
+                if not block:
+                    break
+                self._hasher.update(block)
+                self._q.put(block)
+            self._q.put(None)
+        except BaseException as exc:  # handed to the consumer
+            self._q.put(exc)
+
+    def blocks(self) -> Iterator[bytes]:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                self._thread.join(0.05)
+
+
+def write_file_chunks(
+    src: Path,
+    *,
+    sha256: str,
+    size: int,
+    chunk_size: int,
+    volumes: VolumeSet,
+    advance: Advance = lambda n: None,
+) -> tuple[str, ...]:
+    """Compress ``src`` into chunks on ``volumes``; return its ordered chunk ids.
+
+    The raw bytes are hashed on the way and must match ``sha256`` and ``size``
+    (the file could have changed in the download cache or on disk since it was declared).
+    """
+    if chunk_size < MIN_CHUNK_SIZE:
+        raise UsageError(f"chunk size {chunk_size} is below the minimum {MIN_CHUNK_SIZE}")
+    hasher = hashlib.sha256()
+    ids: list[str] = []
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
+    with open(src, "rb") as fh:
+        reader = _BlockReader(fh, hasher)
+        try:
+            blocks = reader.blocks()
+            pending = memoryview(b"")
+            remaining = size
+            while remaining > 0:
+                seg = _next_segment(remaining, chunk_size, volumes)
+                vol_dir = volumes.current_dir()
+                tmp = vol_dir / CHUNKS_DIR / f".tmp-{os.getpid()}-{threading.get_ident()}"
+                out_hash = hashlib.sha256()
+                stored = 0
+                comp = cctx.compressobj(size=seg)
+                with open(tmp, "wb") as out:
+                    need = seg
+                    while need > 0:
+                        if not pending:
+                            try:
+                                pending = memoryview(next(blocks))
+                            except StopIteration:
+                                raise UpstreamDigestError(
+                                    f"{src} is shorter than the {size} bytes it was declared with",
+                                    remedy="the file changed after it was collected: run the export again",
+                                ) from None
+                        piece, pending = pending[:need], pending[need:]
+                        need -= len(piece)
+                        data = comp.compress(piece)
+                        if data:
+                            out_hash.update(data)
+                            out.write(data)
+                            stored += len(data)
+                        advance(len(piece))
+                    data = comp.flush()
+                    out_hash.update(data)
+                    out.write(data)
+                    stored += len(data)
+                remaining -= seg
+                ids.append(_place_chunk(tmp, out_hash.hexdigest(), stored, seg, volumes))
+            if pending or next(blocks, None) is not None:
+                raise UpstreamDigestError(
+                    f"{src} is longer than the {size} bytes it was declared with",
+                    remedy="the file changed after it was collected: run the export again",
+                )
+        finally:
+            reader.close()
+    got = hasher.hexdigest()
+    if got != sha256:
+        raise UpstreamDigestError(
+            f"{src} has sha256 {got}, but it was declared as {sha256}",
+            remedy="the file changed after it was collected (or the download cache is damaged): "
+            "delete it from the cache and export again",
+        )
+    return tuple(ids)
+
+
+def _next_segment(remaining: int, chunk_size: int, volumes: VolumeSet) -> int:
+    cap = max_raw_for(chunk_size)
+    room = volumes.room()
+    if room is not None:
+        fit = max_raw_for(room)
+        if fit < min(remaining, MIN_CHUNK_SIZE):
+            # Not worth a tiny piece: start the next medium.
+            volumes.next_volume()
+            room = volumes.room()
+            assert room is not None
+            fit = max_raw_for(room)
+            if fit < min(remaining, MIN_CHUNK_SIZE):
+                raise UsageError(
+                    f"--volume-size leaves only {room} bytes per volume for chunks",
+                    remedy="use a larger --volume-size (a volume must hold the manifest and at least one chunk)",
+                )
+        cap = min(cap, fit)
+    return min(remaining, cap)
+
+
+def _place_chunk(tmp: Path, chunk_id: str, stored: int, raw: int, volumes: VolumeSet) -> str:
+    known = volumes.records.get(chunk_id)
+    if known is not None:  # identical segment already stored in this bundle
+        tmp.unlink()
+        return chunk_id
+    final = volumes.current_dir() / chunk_relpath(chunk_id)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+    volumes.used += stored
+    volumes.records[chunk_id] = ChunkRecord(id=chunk_id, size=stored, raw_size=raw, volume=volumes.index)
+    return chunk_id
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _HashingReader:
+    """A file-like wrapper that hashes and counts everything read through it."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+        self.hasher = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.hasher.update(data)
+        self.count += len(data)
+        return data
+
+
+def open_chunk(volume_dir: Path, rec: ChunkRecord) -> IO[bytes] | None:
+    """Open a chunk on a volume safely, or return None if it is not there.
+
+    Refuses symlinks (anywhere on the chunk's path inside the volume) and anything that is
+    not a regular file; a wrong size is reported as truncated or padded before any byte is read.
+    """
+    rel = chunk_relpath(rec.id)
+    path = volume_dir / rel
+    where = f"chunk {rec.id} on {volume_dir} (volume {rec.volume})"
+    for parent in (volume_dir / CHUNKS_DIR, path.parent):
+        if parent.is_symlink():
+            raise UnsafeMediaError(f"{parent} is a symlink", remedy="bundles never contain symlinks: re-copy the media")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if path.is_symlink():
+            raise UnsafeMediaError(
+                f"{where} is a symlink", remedy="bundles never contain symlinks: re-copy the media"
+            ) from exc
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnsafeMediaError(f"{where} is not a regular file")
+    if st.st_size != rec.size:
+        os.close(fd)
+        state = "truncated" if st.st_size < rec.size else "larger than recorded"
+        raise DigestError(
+            f"{where} is {st.st_size} bytes, expected {rec.size}: {state}",
+            remedy="re-copy this volume from the export host (or export again), then re-run",
+        )
+    return os.fdopen(fd, "rb")
+
+
+def require_chunk(volume_dir: Path, rec: ChunkRecord) -> IO[bytes]:
+    fh = open_chunk(volume_dir, rec)
+    if fh is None:
+        raise MissingChunkError(
+            f"chunk {rec.id} of volume {rec.volume} is missing from {volume_dir}",
+            remedy="re-copy this volume from the export host, then re-run",
+        )
+    return fh
+
+
+def stream_chunk(fh: IO[bytes], rec: ChunkRecord, *, where: str, sink: Sink, advance: Advance = lambda n: None) -> None:
+    """Decompress one chunk into ``sink`` while checking its stored digest and sizes.
+
+    Raises DigestError naming the chunk and ``where`` (its volume). On error the sink may
+    already have received bytes: callers write into staging only and discard them.
+    """
+    hr = _HashingReader(fh)
+    dctx = zstandard.ZstdDecompressor()
+    produced = 0
+    try:
+        with dctx.stream_reader(cast(IO[bytes], hr), read_size=1024 * 1024, closefd=False) as reader:
+            while True:
+                data = reader.read(1024 * 1024)
+                if not data:
+                    break
+                produced += len(data)
+                if produced > rec.raw_size:
+                    raise DigestError(
+                        f"chunk {rec.id} ({where}) decompresses to more than its {rec.raw_size} bytes",
+                        remedy="the chunk was tampered with: re-copy the volume or export again",
+                    )
+                sink(data)
+                advance(len(data))
+    except zstandard.ZstdError as exc:
+        # A damaged frame: report it the same way as a digest mismatch, which it also is.
+        while hr.read(1024 * 1024):
+            pass
+        raise DigestError(
+            f"chunk {rec.id} ({where}) is damaged: sha256 {hr.hasher.hexdigest()} ≠ recorded id ({exc})",
+            remedy="re-copy this volume from the export host (or export again), then re-run",
+        ) from exc
+    while hr.read(1024 * 1024):  # trailing bytes after the frame still count for the digest
+        pass
+    got = hr.hasher.hexdigest()
+    if got != rec.id or hr.count != rec.size:
+        raise DigestError(
+            f"chunk {rec.id} ({where}) is damaged: its sha256 is {got}",
+            remedy="re-copy this volume from the export host (or export again), then re-run",
+        )
+    if produced != rec.raw_size:
+        raise DigestError(
+            f"chunk {rec.id} ({where}) decompresses to {produced} bytes, expected {rec.raw_size}",
+            remedy="the bundle is inconsistent: export again",
+        )

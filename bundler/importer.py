@@ -1,0 +1,315 @@
+"""The import pipeline: verify -> stage -> preflight -> publish -> record.
+
+1. Read the manifest from every given volume and apply the trust rules (signature,
+   format, series, base, expiry) against the enclave's state.
+2. Check the media: every chunk the given volumes should hold is there, a regular file,
+   of the recorded size; then read every such chunk once and check its sha256.
+   Nothing is unpacked before all of that holds.
+3. Unpack the verified chunks into staging (resumable; volumes in any order, one per run
+   if need be). If chunks on other volumes are still missing, stop and say which.
+4. Check every rebuilt file's sha256; gather files a delta does not carry from where the
+   enclave already publishes them (checking their sha256 too).
+5. Preflight every target, then publish kind by kind (idempotent), then record the
+   enclave state, then drop the staging area.
+A crash anywhere leaves the published content as it was or as it should be; running the
+same import again finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from bundler.errors import DigestError, MissingChunkError, StateCorruptError, UsageError
+from bundler.events import NullReporter, Reporter
+from bundler.format.chunks import open_chunk, require_chunk, stream_chunk
+from bundler.format.layout import MANIFEST_MAX_BYTES, MANIFEST_NAME
+from bundler.format.manifest import ChunkRecord, Manifest, file_offsets, manifest_digest
+from bundler.format.signing import load_trust
+from bundler.format.state import StateStore
+from bundler.hashing import sha256_file
+from bundler.kinds import get_kind
+from bundler.kinds.base import Change, PublishReport, Target, TargetContext
+from bundler.media import OpenedBundle, open_bundle, read_capped
+from bundler.model import Entry
+from bundler.staging import Staging
+
+Status = Literal["applied", "already-applied", "incomplete"]
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    volumes: tuple[Path, ...]
+    enclave: Path
+    keys: Path
+    now: datetime
+    allow_expired: bool = False
+    target_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    status: Status
+    series: str
+    sequence: int
+    digest: str
+    signer: str
+    volumes_given: tuple[int, ...]
+    volumes_missing: tuple[int, ...]
+    chunks_total: int
+    chunks_missing: int
+    reports: tuple[PublishReport, ...]
+    warnings: tuple[str, ...]
+    seconds: float
+
+
+def import_bundle(opts: ImportOptions, reporter: Reporter | None = None) -> ImportResult:
+    rep = reporter or NullReporter()
+    started = time.monotonic()
+    trust = load_trust(opts.keys)
+    state = StateStore(opts.enclave / "state")
+    with state.lock():
+        bundle = open_bundle(
+            opts.volumes, trust, now=opts.now, enclave=state.series(), allow_expired=opts.allow_expired
+        )
+        for w in bundle.warnings:
+            rep.warn(w)
+        m = bundle.manifest
+        staging = Staging(opts.enclave / "staging" / bundle.verdict.digest)
+
+        def result(
+            status: Status, missing: set[int] | None = None, n_missing: int = 0, reports: tuple[PublishReport, ...] = ()
+        ) -> ImportResult:
+            return ImportResult(
+                status=status,
+                series=m.series,
+                sequence=m.sequence,
+                digest=bundle.verdict.digest,
+                signer=bundle.verdict.signer.keyid,
+                volumes_given=tuple(sorted(bundle.numbers())),
+                volumes_missing=tuple(sorted(missing or ())),
+                chunks_total=len(m.chunks),
+                chunks_missing=n_missing,
+                reports=reports,
+                warnings=bundle.warnings,
+                seconds=time.monotonic() - started,
+            )
+
+        if bundle.verdict.already_applied:
+            staging.remove()
+            return result("already-applied")
+
+        previous = state.last_manifest(m.series)
+        tctx = TargetContext(enclave=opts.enclave, options=opts.target_options, reporter=rep)
+        kinds = sorted({e.kind for e in m.entries} | {e.kind for e in (previous.entries if previous else ())})
+        targets: dict[str, Target] = {k: get_kind(k).target(tctx) for k in kinds}
+        for t in targets.values():
+            t.preflight()
+
+        done = staging.done()
+        todo = [c for c in m.chunks if c.id not in done and bundle.where(c.id) is not None]
+        _verify_media(bundle, todo, rep)
+        if todo:
+            _check_space(opts.enclave, m, done)
+            staging.create()
+            _unpack(bundle, todo, staging, rep)
+            done = staging.done()
+        missing = [c for c in m.chunks if c.id not in done]
+        if missing:
+            return result("incomplete", {c.volume for c in missing}, len(missing))
+
+        staging.create()
+        if not staging.is_verified():
+            _verify_staged(m, staging, rep)
+        staged = _gather(m, previous, staging, targets, rep)
+        reports = []
+        for kind in kinds:
+            change = Change(
+                entries=tuple(e for e in m.entries if e.kind == kind),
+                previous=tuple(e for e in (previous.entries if previous else ()) if e.kind == kind),
+                staged=staged,
+            )
+            with rep.task(f"publish {kind}", None, unit="step"):
+                reports.append(targets[kind].publish(change))
+        state.record(
+            _manifest_bytes(bundle),
+            m,
+            applied=opts.now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            signer=bundle.verdict.signer.keyid,
+        )
+        staging.remove()
+        return result("applied", reports=tuple(reports))
+
+
+def _manifest_bytes(bundle: OpenedBundle) -> bytes:
+    data = read_capped(bundle.volumes[0].path / MANIFEST_NAME, MANIFEST_MAX_BYTES, MANIFEST_NAME)
+    if manifest_digest(data) != bundle.verdict.digest:
+        raise DigestError("manifest.json changed on the media during the import", remedy="re-run the import")
+    return data
+
+
+def _verify_media(bundle: OpenedBundle, todo: list[ChunkRecord], rep: Reporter) -> None:
+    """Every chunk the given volumes should hold: present, regular, right size, right sha256."""
+    m = bundle.manifest
+    for vol in bundle.volumes:
+        for n in sorted(vol.numbers):
+            for rec in m.chunks_on(n):
+                fh = open_chunk(vol.path, rec)
+                if fh is None:
+                    raise MissingChunkError(
+                        f"chunk {rec.id} of volume {n} is missing from {vol.path}",
+                        remedy="copy this volume again from the export host, then re-run the import",
+                    )
+                fh.close()
+    with rep.task("verify chunks", sum(c.size for c in todo)) as advance:
+        for rec in todo:
+            where = bundle.where(rec.id)
+            assert where is not None
+            with require_chunk(where.path, rec) as fh:
+                _hash_only(fh, rec, f"volume {rec.volume}, {where.path}", advance)
+
+
+def _hash_only(fh: IO[bytes], rec: ChunkRecord, where: str, advance: Callable[[int], None]) -> None:
+    h = hashlib.sha256()
+    n = 0
+    while block := fh.read(4 * 1024 * 1024):
+        h.update(block)
+        n += len(block)
+        advance(len(block))
+    if h.hexdigest() != rec.id or n != rec.size:
+        raise DigestError(
+            f"chunk {rec.id} ({where}) is damaged: its sha256 is {h.hexdigest()}",
+            remedy="copy this volume again from the export host (or export again), then re-run the import",
+        )
+
+
+def _check_space(enclave: Path, m: Manifest, done: set[str]) -> None:
+    need = sum(c.raw_size for c in m.chunks if c.id not in done)
+    enclave.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(enclave).free
+    if free < need:
+        raise UsageError(
+            f"the enclave needs {need} bytes free to stage this bundle, {free} are free",
+            remedy=f"free space under {enclave}, then re-run",
+        )
+
+
+def _unpack(bundle: OpenedBundle, todo: list[ChunkRecord], staging: Staging, rep: Reporter) -> None:
+    m = bundle.manifest
+    chunks = m.chunk_map()
+    # chunk id -> [(staged file sha, offset, size)]: a chunk may serve several identical segments
+    places: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+    seen: set[str] = set()
+    for _entry, f in m.carried_files():
+        if f.sha256 in seen:
+            continue
+        seen.add(f.sha256)
+        for rec, offset in file_offsets(chunks, f):
+            places[rec.id].append((f.sha256, offset, f.size))
+    with rep.task("unpack", sum(c.raw_size for c in todo)) as advance:
+        for rec in todo:
+            vol = bundle.where(rec.id)
+            assert vol is not None
+            handles = []
+            for sha, offset, size in places[rec.id]:
+                path = staging.path(sha)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                fh = os.fdopen(fd, "r+b")
+                if os.fstat(fd).st_size != size:
+                    fh.truncate(size)
+                fh.seek(offset)
+                handles.append(fh)
+            try:
+                with require_chunk(vol.path, rec) as src:
+                    where = f"volume {rec.volume}, {vol.path}"
+                    stream_chunk(src, rec, where=where, sink=_fanout(handles), advance=advance)
+                for h in handles:
+                    h.flush()
+                    os.fsync(h.fileno())
+            finally:
+                for h in handles:
+                    h.close()
+            staging.mark_done(rec.id)
+    # Files with no chunks (empty files) need to exist too.
+    for _entry, f in m.carried_files():
+        if f.size == 0:
+            staging.path(f.sha256).touch()
+
+
+def _fanout(handles: Sequence[IO[bytes]]) -> Callable[[bytes], None]:
+    def sink(data: bytes) -> None:
+        for h in handles:
+            h.write(data)
+
+    return sink
+
+
+def _verify_staged(m: Manifest, staging: Staging, rep: Reporter) -> None:
+    files = {f.sha256: (e, f) for e, f in m.carried_files()}
+    with rep.task("verify files", sum(f.size for _e, f in files.values())) as advance:
+        for sha, (entry, f) in files.items():
+            got, size = sha256_file(staging.path(sha), advance) if staging.path(sha).exists() else ("", -1)
+            if got != sha or size != f.size:
+                staging.unmark(f.chunks or ())
+                staging.path(sha).unlink(missing_ok=True)
+                raise DigestError(
+                    f"{entry.kind} {entry.name}: file {f.path} rebuilt from its chunks has sha256 {got or 'none'}, "
+                    f"expected {sha}",
+                    remedy="the bundle is inconsistent although its chunks verify: export it again",
+                )
+    staging.mark_verified(files)
+
+
+def _gather(
+    m: Manifest, previous: Manifest | None, staging: Staging, targets: Mapping[str, Target], rep: Reporter
+) -> dict[str, Path]:
+    """sha256 -> verified local file, for every file of every new or changed entry."""
+    staged: dict[str, Path] = {f.sha256: staging.path(f.sha256) for _e, f in m.carried_files()}
+    before = {e.key: e for e in previous.entries} if previous else {}
+    wanted: dict[str, tuple[Entry, str]] = {}
+    for e in m.entries:
+        if before.get(e.key) == e:
+            continue
+        for f in e.files:
+            if f.sha256 not in staged:
+                wanted.setdefault(f.sha256, (e, f.path))
+    if not wanted:
+        return staged
+    where: dict[str, Path] = {}
+    for e in previous.entries if previous else ():
+        for f in e.files:
+            if f.sha256 in wanted and f.sha256 not in where:
+                p = targets[e.kind].locate(e, f) if e.kind in targets else None
+                if p is not None:
+                    where[f.sha256] = p
+    staging.create()
+    for sha, (entry, path) in wanted.items():
+        src = where.get(sha)
+        if src is None:
+            raise StateCorruptError(
+                f"{entry.kind} {entry.name}: {path} is not carried by this delta, and the enclave no longer has it",
+                remedy="ask for a full export (bundle export --full) or restore the enclave's published files",
+            )
+        dest = staging.path(sha)
+        if not dest.exists():
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        got, _size = sha256_file(dest)
+        if got != sha:
+            dest.unlink()
+            raise StateCorruptError(
+                f"{entry.kind} {entry.name}: the enclave's published copy of {path} ({src}) has changed "
+                f"(sha256 {got}, expected {sha})",
+                remedy="restore that file, or ask for a full export (bundle export --full)",
+            )
+        staged[sha] = dest
+    return staged

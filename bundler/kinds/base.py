@@ -1,0 +1,92 @@
+"""The plugin interface every content kind implements.
+
+A kind is a :class:`Kind`: a name, a spec checker, a source (connected side) and a
+target (enclave side). Kinds never import ``bundler.format`` or each other; the core
+moves the bytes (download, hash, chunk, sign, verify, stage) once for every kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bundler.events import NullReporter, Reporter
+from bundler.fetch import Fetcher
+from bundler.model import Declared, Entry, FileRecord
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What a source may use: the shared downloader, where the spec lives, a scratch dir."""
+
+    fetcher: Fetcher
+    spec_dir: Path
+    work_dir: Path
+    reporter: Reporter = field(default_factory=NullReporter)
+
+
+@dataclass(frozen=True)
+class TargetContext:
+    """What a target may use: the enclave root and target options from the command line."""
+
+    enclave: Path
+    options: Mapping[str, Any] = field(default_factory=dict)
+    reporter: Reporter = field(default_factory=NullReporter)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one import asks a target to make true.
+
+    ``entries`` is the full resulting state of this kind; ``previous`` what the enclave
+    held before. ``staged`` maps the sha256 of every file of a new or changed entry to a
+    verified local copy (in the importer's staging area) that the target may hard-link,
+    copy or read.
+    """
+
+    entries: tuple[Entry, ...]
+    previous: tuple[Entry, ...]
+    staged: Mapping[str, Path]
+
+    def added(self) -> list[Entry]:
+        before = {e.key: e for e in self.previous}
+        return [e for e in self.entries if before.get(e.key) != e]
+
+    def removed(self) -> list[Entry]:
+        now = {e.key for e in self.entries}
+        return [e for e in self.previous if e.key not in now]
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    kind: str
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    unchanged: int = 0
+    notes: tuple[str, ...] = ()
+
+
+class Target(Protocol):
+    def preflight(self) -> None:
+        """Raise PreflightError unless the real service is there and usable. Changes nothing."""
+
+    def locate(self, entry: Entry, file: FileRecord) -> Path | None:
+        """Where the published copy of ``file`` lives, so a delta can reuse it (None if nowhere)."""
+
+    def publish(self, change: Change) -> PublishReport:
+        """Make ``change.entries`` the published state. Idempotent: twice equals once."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    #: Validate one carry-spec section (a TOML table), returning it normalised; raise SpecError.
+    check_section: Callable[[Mapping[str, Any], str], Mapping[str, Any]]
+    #: Declare what exists upstream for one (checked) section, verified against upstream.
+    declare: Callable[[Mapping[str, Any], SourceContext], Iterator[Declared]]
+    #: Build the enclave-side target.
+    target: Callable[[TargetContext], Target]
+    #: One line for ``--help`` and docs.
+    summary: str = ""

@@ -1,0 +1,123 @@
+"""Connected side of the ``files`` kind.
+
+Carry spec section ``[[files]]``::
+
+    [[files]]
+    name = "centos-9-stream-iso"        # entry name (unique per bundle)
+    path = "isos/CentOS-Stream-9.iso"   # where it lands under <enclave>/files/
+    url = "https://.../CentOS-Stream-9.iso"
+    sha256 = "..."                      # required for URLs
+    size = 123                          # optional, checked while downloading
+    version = "20261101"                # optional, default: derived from the content
+
+    [[files]]
+    name = "site-tools"
+    path = "tools"                      # for a directory: the destination directory
+    source = "../tools"                 # a local file or directory, relative to the spec
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from bundler.errors import SpecError, UpstreamDigestError
+from bundler.fetch import Want
+from bundler.hashing import sha256_file
+from bundler.kinds.base import SourceContext
+from bundler.model import Artifact, Declared
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_KEYS = {"name", "path", "url", "source", "sha256", "size", "version"}
+
+
+def check_section(section: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    unknown = set(section) - _KEYS
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}", remedy=f"allowed: {sorted(_KEYS)}")
+    for key in ("name", "path"):
+        if not isinstance(section.get(key), str) or not section[key]:
+            raise SpecError(f"{where}: '{key}' is required and must be a non-empty string")
+    path = section["path"]
+    parts = PurePosixPath(path).parts
+    if path.startswith("/") or "\\" in path or any(p in ("..", ".") for p in parts) or "//" in path:
+        raise SpecError(f"{where}: path {path!r} must be relative and must not contain '.' or '..'")
+    has_url, has_source = "url" in section, "source" in section
+    if has_url == has_source:
+        raise SpecError(f"{where}: give exactly one of 'url' and 'source'")
+    if has_url:
+        url = section["url"]
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise SpecError(f"{where}: url must be an http(s) URL, got {url!r}")
+        if "sha256" not in section:
+            raise SpecError(
+                f"{where}: a URL needs its expected 'sha256'",
+                remedy="take it from the publisher's checksum file (after checking that file's signature)",
+            )
+    sha = section.get("sha256")
+    if sha is not None and (not isinstance(sha, str) or not _HEX64.match(sha.lower())):
+        raise SpecError(f"{where}: sha256 must be 64 hex digits")
+    size = section.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise SpecError(f"{where}: size must be a non-negative integer")
+    version = section.get("version")
+    if version is not None and not isinstance(version, str):
+        raise SpecError(f"{where}: version must be a string")
+    return dict(section, sha256=sha.lower()) if sha else section
+
+
+def declare(section: Mapping[str, Any], ctx: SourceContext) -> Iterator[Declared]:
+    name: str = section["name"]
+    dest: str = section["path"].strip("/")
+    artifacts: list[Artifact]
+    if "url" in section:
+        artifacts = [Artifact(path=dest, sha256=section["sha256"], size=section.get("size", -1), url=section["url"])]
+    else:
+        src = (ctx.spec_dir / os.path.expandvars(section["source"])).resolve()
+        if src.is_dir():
+            if "sha256" in section:
+                raise SpecError(f"files {name}: 'sha256' applies to a single file, but {src} is a directory")
+            artifacts = list(_walk(src, dest, ctx))
+        elif src.is_file():
+            artifacts = [_local(src, dest, section.get("sha256"), ctx)]
+        else:
+            raise SpecError(f"files {name}: source {src} does not exist")
+    version = section.get("version") or _content_version(artifacts)
+    yield Declared(kind="files", name=name, version=version, arch="all", artifacts=tuple(artifacts))
+
+
+def _local(src: Path, dest: str, expected: str | None, ctx: SourceContext) -> Artifact:
+    with ctx.reporter.task(f"hash {src.name}", src.stat().st_size) as advance:
+        digest, size = sha256_file(src, advance)
+    if expected is not None and digest != expected:
+        raise UpstreamDigestError(
+            f"{src} has sha256 {digest}, but the carry spec expects {expected}",
+            remedy="check the file, or correct the sha256 in the carry spec",
+        )
+    return Artifact(path=dest, sha256=digest, size=size, local=src)
+
+
+def _walk(root: Path, dest: str, ctx: SourceContext) -> Iterator[Artifact]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            p = Path(dirpath) / fname
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink() or not p.is_file():
+                ctx.reporter.warn(f"files: skipping {p}: not a regular file (symlinks are not carried)")
+                continue
+            yield _local(p, f"{dest}/{rel}", None, ctx)
+
+
+def _content_version(artifacts: list[Artifact]) -> str:
+    h = hashlib.sha256()
+    for a in sorted(artifacts, key=lambda a: a.path):
+        h.update(f"{a.path}\0{a.sha256}\n".encode())
+    return h.hexdigest()[:16]
+
+
+__all__ = ["Want", "check_section", "declare"]

@@ -1,0 +1,90 @@
+"""Enclave side of the ``files`` kind: a plain directory tree under ``<enclave>/files``.
+
+Every file is put in place by an atomic rename (hard-linked from staging where the
+filesystem allows, copied otherwise), so a reader sees the old or the new file, never
+a partial one. Files that the new state no longer names are removed after the new
+ones are in place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from bundler.errors import PreflightError, PublishError
+from bundler.kinds.base import Change, PublishReport, TargetContext
+from bundler.model import Entry, FileRecord
+from bundler.paths import resolve_inside
+
+
+class FilesTarget:
+    def __init__(self, ctx: TargetContext) -> None:
+        self.ctx = ctx
+        self.root = Path(ctx.options.get("files_root") or ctx.enclave / "files")
+
+    def preflight(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PreflightError(f"cannot create {self.root}: {exc.strerror}") from exc
+        if not os.access(self.root, os.W_OK):
+            raise PreflightError(f"{self.root} is not writable", remedy="run the import as the owner of the enclave")
+
+    def locate(self, entry: Entry, file: FileRecord) -> Path | None:
+        p = resolve_inside(self.root, file.path, what=f"files/{entry.name}")
+        return p if p.is_file() else None
+
+    def publish(self, change: Change) -> PublishReport:
+        previous = {(f.path, f.sha256) for e in change.previous for f in e.files}
+        wanted: dict[str, FileRecord] = {}
+        for e in change.entries:
+            for f in e.files:
+                wanted[f.path] = f
+        unchanged = 0
+        for f in wanted.values():
+            dest = resolve_inside(self.root, f.path, what="files")
+            if (f.path, f.sha256) in previous and dest.is_file() and dest.stat().st_size == f.size:
+                unchanged += 1
+                continue
+            src = change.staged.get(f.sha256)
+            if src is None:
+                raise PublishError(f"files: no verified copy of {f.path} ({f.sha256[:16]}) was staged")
+            _install(src, dest)
+        removed_paths = sorted({f.path for e in change.previous for f in e.files} - set(wanted))
+        for rel in removed_paths:
+            dest = resolve_inside(self.root, rel, what="files")
+            dest.unlink(missing_ok=True)
+            _prune_empty(dest.parent, self.root)
+        return PublishReport(
+            kind="files",
+            added=tuple(f"{e.name} {e.version}" for e in change.added()),
+            removed=tuple(f"{e.name} {e.version}" for e in change.removed()),
+            unchanged=len(change.entries) - len(change.added()),
+            notes=(f"{len(wanted) - unchanged} file(s) written, {len(removed_paths)} removed, under {self.root}",),
+        )
+
+
+def _install(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.bundler-tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)
+
+
+def _prune_empty(d: Path, root: Path) -> None:
+    root = root.resolve()
+    d = d.resolve()
+    while d != root and d.is_relative_to(root):
+        try:
+            d.rmdir()
+        except OSError:
+            return
+        d = d.parent

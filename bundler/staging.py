@@ -1,0 +1,63 @@
+"""The importer's staging area: files rebuilt from verified chunks, resumable across runs.
+
+``<enclave>/staging/<manifest digest>/``
+    ``files/<sha256>``   a carried file being rebuilt (sparse until all its chunks are in)
+    ``done``             one chunk id per line, appended (and fsynced) after the chunk's
+                         bytes are written and fsynced: a crash never marks a chunk done early
+    ``verified``         written once every staged file matched its sha256
+
+Staging is not published content: the targets take files from here only after the
+whole bundle is staged and verified.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from bundler.format.state import atomic_write
+
+
+class Staging:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files = root / "files"
+
+    def create(self) -> None:
+        self.files.mkdir(parents=True, exist_ok=True)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def path(self, sha256: str) -> Path:
+        return self.files / sha256
+
+    def done(self) -> set[str]:
+        try:
+            lines = (self.root / "done").read_text().split()
+        except FileNotFoundError:
+            return set()
+        return set(lines)
+
+    def mark_done(self, chunk_id: str) -> None:
+        with open(self.root / "done", "a") as fh:
+            fh.write(chunk_id + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def is_verified(self) -> bool:
+        return (self.root / "verified").exists()
+
+    def mark_verified(self, shas: Iterable[str]) -> None:
+        atomic_write(self.root / "verified", "".join(f"{s}\n" for s in sorted(shas)).encode())
+
+    def unmark(self, chunk_ids: Iterable[str]) -> None:
+        """Forget chunks (their file failed its digest), so a re-run writes them again."""
+        drop = set(chunk_ids)
+        keep = sorted(self.done() - drop)
+        atomic_write(self.root / "done", "".join(f"{c}\n" for c in keep).encode())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

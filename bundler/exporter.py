@@ -94,7 +94,9 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
             fetched = fetcher.fetch_many(wants) if wants else {}
         local = {a.sha256: a.local for d in declared for a in d.artifacts if a.local is not None}
         local.update(fetched)
-        sizes = {sha: (p.stat().st_size) for sha, p in local.items() if p is not None}
+        # Sizes: measured for what is here; from the base for content that stays behind.
+        sizes = {f.sha256: f.size for e in (base_manifest.entries if base_manifest else ()) for f in e.files}
+        sizes.update({sha: p.stat().st_size for sha, p in local.items() if p is not None})
 
         capacity = None
         if opts.volume_size is not None:

@@ -111,8 +111,8 @@ def import_bundle(opts: ImportOptions, reporter: Reporter | None = None) -> Impo
         tctx = TargetContext(enclave=opts.enclave, options=opts.target_options, reporter=rep)
         kinds = sorted({e.kind for e in m.entries} | {e.kind for e in (previous.entries if previous else ())})
         targets: dict[str, Target] = {k: get_kind(k).target(tctx) for k in kinds}
-        for t in targets.values():
-            t.preflight()
+        for kind, t in targets.items():
+            t.preflight([e for e in m.entries if e.kind == kind])
 
         done = staging.done()
         todo = [c for c in m.chunks if c.id not in done and bundle.where(c.id) is not None]

@@ -7,7 +7,7 @@ moves the bytes (download, hash, chunk, sign, verify, stage) once for every kind
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,8 +69,10 @@ class PublishReport:
 
 
 class Target(Protocol):
-    def preflight(self) -> None:
-        """Raise PreflightError unless the real service is there and usable. Changes nothing."""
+    def preflight(self, entries: Sequence[Entry]) -> None:
+        """Raise unless the real service is there and usable and every one of ``entries`` (the
+        resulting state of this kind) can be published where it belongs. Runs before anything is
+        unpacked; changes nothing."""
 
     def locate(self, entry: Entry, file: FileRecord) -> Path | None:
         """Where the published copy of ``file`` lives, so a delta can reuse it (None if nowhere)."""

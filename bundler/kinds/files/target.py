@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from bundler.errors import PreflightError, PublishError
@@ -23,19 +24,22 @@ class FilesTarget:
         self.ctx = ctx
         self.root = Path(ctx.options.get("files_root") or ctx.enclave / "files")
 
-    def preflight(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PreflightError(f"cannot create {self.root}: {exc.strerror}") from exc
-        if not os.access(self.root, os.W_OK):
-            raise PreflightError(f"{self.root} is not writable", remedy="run the import as the owner of the enclave")
+    def preflight(self, entries: Sequence[Entry]) -> None:
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            raise PreflightError(f"{probe} is not writable", remedy="run the import as the owner of the enclave")
+        for e in entries:
+            for f in e.files:
+                resolve_inside(self.root, f.path, what=f"files/{e.name}")
 
     def locate(self, entry: Entry, file: FileRecord) -> Path | None:
         p = resolve_inside(self.root, file.path, what=f"files/{entry.name}")
         return p if p.is_file() else None
 
     def publish(self, change: Change) -> PublishReport:
+        self.root.mkdir(parents=True, exist_ok=True)
         previous = {(f.path, f.sha256) for e in change.previous for f in e.files}
         wanted: dict[str, FileRecord] = {}
         for e in change.entries:

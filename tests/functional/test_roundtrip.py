@@ -1,0 +1,164 @@
+"""The real CLI end to end: export -> verify -> import, byte-identical, across volumes and deltas."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.http_server import serve_directory
+from tests.helpers import Workspace, chunk_files, run_cli, snapshot, volumes
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
+
+
+def _mixed(path: Path, size: int, seed: int) -> None:
+    """Half random, half compressible, deterministic per seed."""
+    rnd = hashlib.sha256(str(seed).encode()).digest() * 32
+    text = b"".join(b"line %08d of seed %d: the quick brown fox\n" % (i, seed) for i in range(2000))
+    with open(path, "wb") as fh:
+        written = 0
+        while written < size:
+            block = os.urandom(64 * 1024) + rnd + text
+            block = block[: size - written]
+            fh.write(block)
+            written += len(block)
+
+
+def test_large_file_over_three_volumes_one_volume_per_run(ws: Workspace, tmp_path: Path) -> None:
+    big = ws.src / "big.bin"
+    _mixed(big, 1024 * 1024, seed=1)
+    with open(big, "ab") as fh:  # mostly incompressible: 4.6 MiB does not fit on two 2 MiB volumes
+        fh.write(os.urandom(3 * 1024 * 1024 + 123_457))
+    (ws.src / "small.txt").write_text("hello enclave\n")
+    (ws.src / "empty").write_bytes(b"")
+    (ws.src / "sub").mkdir()
+    (ws.src / "sub" / "nested.txt").write_text("nested\n" * 1000)
+    out = tmp_path / "out"
+    info = ws.export_json(ws.tree_spec(), out, "--chunk-size", "1M", "--volume-size", "2M")
+    vols = volumes(out)
+    assert len(vols) == 3 == len(info["volumes"])
+    for v in vols:  # every medium stays within its size, manifest included
+        used = sum(p.stat().st_size for p in v.rglob("*") if p.is_file())
+        assert used <= 2 * 1024 * 1024, (v, used)
+        assert all(p.stat().st_size <= 1024 * 1024 for p in chunk_files(v))
+    manifest = json.loads((vols[0] / "manifest.json").read_text())
+    big_rec = next(f for e in manifest["entries"] for f in e["files"] if f["path"] == "data/big.bin")
+    assert len({c["volume"] for c in manifest["chunks"] if c["id"] in big_rec["chunks"]}) >= 2
+
+    # Each volume verifies on its own.
+    for v in vols:
+        assert "OK" in ws.verify(v).stdout
+
+    # One volume per run, out of order: nothing is published until the last one.
+    r = ws.import_(vols[2], check=3)
+    assert "still needed: volume(s) [1, 2]" in r.stdout
+    assert not (ws.enclave / "files").exists() or not any((ws.enclave / "files").rglob("*.bin"))
+    r = ws.import_(vols[0], check=3)
+    assert "still needed: volume(s) [2]" in r.stdout
+    r = ws.import_(vols[1])
+    assert "imported test #1" in r.stdout
+    for p in ws.src.rglob("*"):
+        if p.is_file():
+            dest = ws.enclave / "files" / "data" / p.relative_to(ws.src)
+            assert dest.read_bytes() == p.read_bytes(), p
+    assert not any((ws.enclave / "staging").iterdir())
+    # The media were only read.
+    assert all(len(chunk_files(v)) > 0 for v in vols)
+
+    # The same bundle again is a no-op that says so.
+    before = snapshot(ws.enclave)
+    r = ws.import_(out)
+    assert "already applied" in r.stdout
+    assert snapshot(ws.enclave) == before
+
+
+def test_media_holds_the_exact_chunk_digests(ws: Workspace, tmp_path: Path) -> None:
+    (ws.src / "a").write_bytes(os.urandom(300_000))
+    out = tmp_path / "out"
+    ws.export(ws.tree_spec(), out)
+    for p in chunk_files(volumes(out)[0]):
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == p.name  # sha256sum alone audits the media
+
+
+def test_http_source_downloads_once_and_delta_carries_only_changes(ws: Workspace, tmp_path: Path) -> None:
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    iso = upstream / "tool.iso"
+    iso.write_bytes(os.urandom(400_000))
+    sha = hashlib.sha256(iso.read_bytes()).hexdigest()
+    (ws.src / "keep.txt").write_text("unchanged\n")
+    (ws.src / "gone.txt").write_text("removed in the next bundle\n")
+    with serve_directory(upstream) as srv:
+        body = (
+            f'[[files]]\nname = "iso"\npath = "isos/tool.iso"\nurl = "{srv.url("tool.iso")}"\nsha256 = "{sha}"\n'
+            f'[[files]]\nname = "tree"\npath = "data"\nsource = "{ws.src}"\n'
+        )
+        spec = ws.write_spec(body)
+        first = ws.export_json(spec, tmp_path / "b1")
+        assert len(srv.requests_for("tool.iso")) >= 1
+        ws.import_(tmp_path / "b1")
+        assert (ws.enclave / "files/isos/tool.iso").read_bytes() == iso.read_bytes()
+
+        # Second export: the download cache answers, and the delta carries only the new file.
+        srv.clear_requests()
+        (ws.src / "gone.txt").unlink()
+        (ws.src / "new.txt").write_text("new in bundle 2\n")
+        second = ws.export_json(spec, tmp_path / "b2")
+        assert srv.requests_for("tool.iso") == []
+    assert first["base"] is None and first["files_carried"] == 3
+    assert second["base"]["sequence"] == 1
+    assert second["files_carried"] == 1 and second["files"] == 3
+    r = ws.import_(tmp_path / "b2")
+    assert "imported test #2" in r.stdout
+    data = ws.enclave / "files" / "data"
+    assert sorted(p.name for p in data.iterdir()) == ["keep.txt", "new.txt"]
+    assert (ws.enclave / "files/isos/tool.iso").read_bytes() == iso.read_bytes()
+    st = json.loads((ws.enclave / "state/series/test.json").read_text())
+    assert st["sequence"] == 2 and st["digest"] == second["digest"]
+
+
+def test_delta_reuses_content_already_in_the_enclave_at_a_new_path(ws: Workspace, tmp_path: Path) -> None:
+    payload = os.urandom(200_000)
+    (ws.src / "a.bin").write_bytes(payload)
+    spec = ws.tree_spec()
+    ws.export(spec, tmp_path / "b1")
+    ws.import_(tmp_path / "b1")
+    (ws.src / "copy-of-a.bin").write_bytes(payload)  # same content, new path: nothing needs to travel
+    info = ws.export_json(spec, tmp_path / "b2")
+    assert info["files_carried"] == 0 and info["chunks"] == 0
+    ws.import_(tmp_path / "b2")
+    assert (ws.enclave / "files/data/copy-of-a.bin").read_bytes() == payload
+
+
+def test_inspect_and_json_outputs(ws: Workspace, tmp_path: Path) -> None:
+    (ws.src / "x").write_text("x" * 10_000)
+    ws.export(ws.tree_spec(), tmp_path / "b")
+    d = json.loads(run_cli("inspect", tmp_path / "b", "--keys", ws.keys, "--json").stdout)
+    assert d["series"] == "test" and d["sequence"] == 1 and d["base"] is None
+    assert d["kinds"]["files"]["files"] == 1 and d["kinds"]["files"]["bytes"] == 10_000
+    v = json.loads(run_cli("verify", tmp_path / "b", "--keys", ws.keys, "--json").stdout)
+    assert v["ok"] is True and v["files_checked"] == 1
+    i = json.loads(ws.import_(tmp_path / "b", extra=("--json",)).stdout)
+    assert i["status"] == "applied" and i["reports"][0]["kind"] == "files"
+
+
+def test_keys_generate_never_writes_private_keys_into_keys_dir(tmp_path: Path) -> None:
+    r = run_cli(
+        "keys", "generate", "x", "--private-dir", tmp_path / "keys", "--public-dir", tmp_path / "keys", check=12
+    )
+    assert "refusing to write a private key" in r.stderr
+    run_cli("keys", "generate", "site", "--private-dir", tmp_path / "priv", "--public-dir", tmp_path / "keys")
+    assert oct((tmp_path / "priv/site.key").stat().st_mode & 0o777) == "0o600"
+    assert "PRIVATE" not in (tmp_path / "keys/site.pub").read_text()
+    listing = json.loads(
+        run_cli("keys", "list", "--keys", tmp_path / "keys", "--private-dir", tmp_path / "priv", "--json").stdout
+    )["keys"]
+    assert {k["type"] for k in listing} == {"public (trusted)", "private"}
+    assert len({k["keyid"] for k in listing}) == 1  # the pair shares one key id

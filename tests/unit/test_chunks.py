@@ -1,0 +1,100 @@
+"""Chunk writer and reader: exact round trips, size caps that hold for incompressible data, bounded output."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from bundler.errors import DigestError, UpstreamDigestError, UsageError
+from bundler.format.chunks import VolumeSet, max_raw_for, require_chunk, stored_bound, stream_chunk, write_file_chunks
+from bundler.format.manifest import ChunkRecord
+
+
+def write(tmp_path: Path, data: bytes, *, chunk: int, capacity: int | None = None) -> tuple[VolumeSet, tuple[str, ...]]:
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    vs = VolumeSet(tmp_path / "out", capacity)
+    ids = write_file_chunks(src, sha256=hashlib.sha256(data).hexdigest(), size=len(data), chunk_size=chunk, volumes=vs)
+    return vs, ids
+
+
+def rebuild(vs: VolumeSet, ids: tuple[str, ...]) -> bytes:
+    out = io.BytesIO()
+    for cid in ids:
+        rec = vs.records[cid]
+        with require_chunk(vs.out / f"vol-{rec.volume:03d}", rec) as fh:
+            stream_chunk(fh, rec, where="test", sink=out.write)
+    return out.getvalue()
+
+
+def test_incompressible_data_never_exceeds_the_chunk_size(tmp_path: Path) -> None:
+    data = os.urandom(1_000_000)
+    vs, ids = write(tmp_path, data, chunk=128 * 1024)
+    assert len(ids) > 1
+    assert all(r.size <= 128 * 1024 for r in vs.records.values())
+    assert rebuild(vs, ids) == data
+
+
+def test_bound_is_a_true_upper_bound() -> None:
+    for n in (0, 1, 1000, 128 * 1024, 3_000_000):
+        raw = os.urandom(n)
+        assert len(zstandard.ZstdCompressor(level=3, write_checksum=True).compress(raw)) <= stored_bound(n)
+        assert stored_bound(max_raw_for(stored_bound(n))) <= stored_bound(n)
+
+
+def test_volumes_fill_up_and_a_file_continues_on_the_next(tmp_path: Path) -> None:
+    data = os.urandom(600_000)
+    vs, ids = write(tmp_path, data, chunk=1 << 20, capacity=256 * 1024)
+    assert vs.index == 3
+    per_volume: dict[int, int] = {}
+    for r in vs.records.values():
+        per_volume[r.volume] = per_volume.get(r.volume, 0) + r.size
+    assert all(v <= 256 * 1024 for v in per_volume.values())
+    assert per_volume[1] > 200 * 1024  # the first volume is filled, not left half empty
+    assert rebuild(vs, ids) == data
+
+
+def test_identical_segments_are_stored_once(tmp_path: Path) -> None:
+    data = b"z" * 300_000  # every 64 KiB segment compresses to the same frame
+    vs, ids = write(tmp_path, data, chunk=65536)
+    assert len(ids) > 1 and len(set(ids)) < len(ids)
+    assert rebuild(vs, ids) == data
+
+
+def test_file_changed_since_declared_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"abc" * 1000)
+    vs = VolumeSet(tmp_path / "out", None)
+    with pytest.raises(UpstreamDigestError, match="declared as"):
+        write_file_chunks(src, sha256="0" * 64, size=3000, chunk_size=65536, volumes=vs)
+    with pytest.raises(UpstreamDigestError, match="longer than"):
+        write_file_chunks(src, sha256="0" * 64, size=10, chunk_size=65536, volumes=vs)
+    with pytest.raises(UpstreamDigestError, match="shorter than"):
+        write_file_chunks(src, sha256="0" * 64, size=5000, chunk_size=65536, volumes=vs)
+
+
+def test_volume_too_small(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--volume-size"):
+        write(tmp_path, os.urandom(200_000), chunk=1 << 20, capacity=1000)
+
+
+def test_decompression_is_capped_at_the_recorded_raw_size(tmp_path: Path) -> None:
+    bomb = zstandard.ZstdCompressor().compress(b"\0" * 50_000_000)
+    rec = ChunkRecord(id=hashlib.sha256(bomb).hexdigest(), size=len(bomb), raw_size=1000, volume=1)
+    seen = []
+    with pytest.raises(DigestError, match="more than its 1000 bytes"):
+        stream_chunk(io.BytesIO(bomb), rec, where="v1", sink=seen.append)
+    assert sum(map(len, seen)) <= 1000 + 1024 * 1024  # at most one read block past the cap
+
+
+def test_damaged_frame_is_a_digest_error(tmp_path: Path) -> None:
+    good = zstandard.ZstdCompressor(write_checksum=True).compress(os.urandom(5000))
+    bad = good[:20] + bytes([good[20] ^ 0xFF]) + good[21:]
+    rec = ChunkRecord(id=hashlib.sha256(good).hexdigest(), size=len(good), raw_size=5000, volume=1)
+    with pytest.raises(DigestError, match="damaged"):
+        stream_chunk(io.BytesIO(bad), rec, where="volume 1", sink=lambda b: None)

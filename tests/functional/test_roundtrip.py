@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,37 @@ def test_keys_generate_never_writes_private_keys_into_keys_dir(tmp_path: Path) -
     )["keys"]
     assert {k["type"] for k in listing} == {"public (trusted)", "private"}
     assert len({k["keyid"] for k in listing}) == 1  # the pair shares one key id
+
+
+@pytest.fixture
+def read_only_mounts(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Bind-mount directories read-only, as removable media often are; unmount afterwards."""
+    mounted: list[Path] = []
+
+    def mount(src: Path) -> Path:
+        dst = tmp_path / f"ro-{len(mounted)}"
+        dst.mkdir()
+        r = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(dst)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot bind-mount read-only here: {r.stderr.strip()}")
+        mounted.append(dst)
+        return dst
+
+    yield mount
+    for m in reversed(mounted):
+        subprocess.run(["umount", str(m)], check=False)
+
+
+def test_import_straight_from_read_only_media(ws: Workspace, tmp_path: Path, read_only_mounts) -> None:  # type: ignore[no-untyped-def]
+    (ws.src / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    out = tmp_path / "out"
+    ws.export(ws.tree_spec(), out, "--volume-size", "2M", "--chunk-size", "512K")
+    before = snapshot(out)
+    ro = [read_only_mounts(v) for v in volumes(out)]
+    with pytest.raises(OSError):
+        (ro[0] / "probe").write_text("x")  # the media really are read-only
+    for v in ro[:-1]:
+        ws.import_(v, check=3)
+    ws.import_(ro[-1])
+    assert (ws.enclave / "files/data/big.bin").read_bytes() == (ws.src / "big.bin").read_bytes()
+    assert snapshot(out) == before  # nothing joined, written or deleted on the media

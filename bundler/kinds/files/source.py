@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -81,18 +81,17 @@ def declare(section: Mapping[str, Any], ctx: SourceContext) -> Iterator[Declared
         if src.is_dir():
             if "sha256" in section:
                 raise SpecError(f"files {name}: 'sha256' applies to a single file, but {src} is a directory")
-            artifacts = list(_walk(src, dest, ctx))
+            artifacts = _hash_all(_walk(src, dest, ctx), None, ctx)
         elif src.is_file():
-            artifacts = [_local(src, dest, section.get("sha256"), ctx)]
+            artifacts = _hash_all([(src, dest)], section.get("sha256"), ctx)
         else:
             raise SpecError(f"files {name}: source {src} does not exist")
     version = section.get("version") or _content_version(artifacts)
     yield Declared(kind="files", name=name, version=version, arch="all", artifacts=tuple(artifacts))
 
 
-def _local(src: Path, dest: str, expected: str | None, ctx: SourceContext) -> Artifact:
-    with ctx.reporter.task(f"hash {src.name}", src.stat().st_size) as advance:
-        digest, size = sha256_file(src, advance)
+def _local(src: Path, dest: str, expected: str | None, advance: Callable[[int], None]) -> Artifact:
+    digest, size = sha256_file(src, advance)
     if expected is not None and digest != expected:
         raise UpstreamDigestError(
             f"{src} has sha256 {digest}, but the carry spec expects {expected}",
@@ -101,16 +100,24 @@ def _local(src: Path, dest: str, expected: str | None, ctx: SourceContext) -> Ar
     return Artifact(path=dest, sha256=digest, size=size, local=src)
 
 
-def _walk(root: Path, dest: str, ctx: SourceContext) -> Iterator[Artifact]:
+def _hash_all(pairs: list[tuple[Path, str]], expected: str | None, ctx: SourceContext) -> list[Artifact]:
+    """Hash local files under one progress bar (a tree may hold thousands of files)."""
+    total = sum(p.stat().st_size for p, _ in pairs)
+    with ctx.reporter.task(f"hash {len(pairs)} local file(s)", total) as advance:
+        return [_local(p, dest, expected, advance) for p, dest in pairs]
+
+
+def _walk(root: Path, dest: str, ctx: SourceContext) -> list[tuple[Path, str]]:
+    pairs: list[tuple[Path, str]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for fname in sorted(filenames):
             p = Path(dirpath) / fname
-            rel = p.relative_to(root).as_posix()
             if p.is_symlink() or not p.is_file():
                 ctx.reporter.warn(f"files: skipping {p}: not a regular file (symlinks are not carried)")
                 continue
-            yield _local(p, f"{dest}/{rel}", None, ctx)
+            pairs.append((p, f"{dest}/{p.relative_to(root).as_posix()}"))
+    return pairs
 
 
 def _content_version(artifacts: list[Artifact]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterable
@@ -118,6 +119,9 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
                     chunk_ids[sha] = write_file_chunks(
                         path, sha256=sha, size=sizes[sha], chunk_size=chunk_size, volumes=volumes, advance=advance
                     )
+            # Chunks reach the media before the manifest that names them: a bundle whose
+            # manifest is present is complete even if the host crashes right after.
+            os.sync()
             entries = tuple(_entry(d, sizes, chunk_ids) for d in declared)
             base = None if base_manifest is None or last is None else BaseRef(last.sequence, last.digest)
             manifest = Manifest(

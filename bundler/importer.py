@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NoReturn
 
 from bundler.errors import DigestError, MissingChunkError, StateCorruptError, UsageError
 from bundler.events import NullReporter, Reporter
@@ -39,7 +39,7 @@ from bundler.hashing import sha256_file
 from bundler.kinds import get_kind
 from bundler.kinds.base import Change, PublishReport, Target, TargetContext
 from bundler.media import OpenedBundle, open_bundle, read_capped
-from bundler.model import Entry
+from bundler.model import Entry, FileRecord
 from bundler.staging import Staging
 
 Status = Literal["applied", "already-applied", "incomplete"]
@@ -127,8 +127,7 @@ def import_bundle(opts: ImportOptions, reporter: Reporter | None = None) -> Impo
             return result("incomplete", {c.volume for c in missing}, len(missing))
 
         staging.create()
-        if not staging.is_verified():
-            _verify_staged(m, staging, rep)
+        _verify_staged(m, staging, rep)
         staged = _gather(m, previous, staging, targets, rep)
         reports = []
         for kind in kinds:
@@ -203,69 +202,111 @@ def _check_space(enclave: Path, m: Manifest, done: set[str]) -> None:
 
 
 def _unpack(bundle: OpenedBundle, todo: list[ChunkRecord], staging: Staging, rep: Reporter) -> None:
+    """Write every chunk in ``todo`` into its staged file(s), file by file.
+
+    A file whose chunks all arrive in this run, in order, each used once, is hashed on
+    the way and recorded as verified, so it need not be read again; any other file is
+    checked by ``_verify_staged`` once all its chunks are in.
+    """
     m = bundle.manifest
     chunks = m.chunk_map()
+    pending = {c.id for c in todo}
     # chunk id -> [(staged file sha, offset, size)]: a chunk may serve several identical segments
     places: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
-    seen: set[str] = set()
-    for _entry, f in m.carried_files():
-        if f.sha256 in seen:
-            continue
-        seen.add(f.sha256)
+    files = _unique_carried(m)
+    for f in files.values():
         for rec, offset in file_offsets(chunks, f):
             places[rec.id].append((f.sha256, offset, f.size))
     with rep.task("unpack", sum(c.raw_size for c in todo)) as advance:
-        for rec in todo:
-            vol = bundle.where(rec.id)
-            assert vol is not None
-            handles = []
-            for sha, offset, size in places[rec.id]:
-                path = staging.path(sha)
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-                fh = os.fdopen(fd, "r+b")
-                if os.fstat(fd).st_size != size:
-                    fh.truncate(size)
-                fh.seek(offset)
-                handles.append(fh)
-            try:
-                with require_chunk(vol.path, rec) as src:
-                    where = f"volume {rec.volume}, {vol.path}"
-                    stream_chunk(src, rec, where=where, sink=_fanout(handles), advance=advance)
-                for h in handles:
-                    h.flush()
-                    os.fsync(h.fileno())
-            finally:
-                for h in handles:
-                    h.close()
-            staging.mark_done(rec.id)
+        for f in files.values():
+            ids = f.chunks or ()
+            whole = all(c in pending for c in ids) and all(len(places[c]) == 1 for c in ids)
+            hasher = hashlib.sha256() if whole else None
+            for cid in ids:
+                if cid not in pending:
+                    continue
+                _unpack_chunk(bundle, chunks[cid], places[cid], staging, advance, hasher)
+                pending.discard(cid)
+            if hasher is not None:
+                if hasher.hexdigest() != f.sha256:
+                    _refuse_file(m, f, hasher.hexdigest(), staging)
+                staging.mark_file_verified(f.sha256)
     # Files with no chunks (empty files) need to exist too.
-    for _entry, f in m.carried_files():
+    for f in files.values():
         if f.size == 0:
             staging.path(f.sha256).touch()
 
 
-def _fanout(handles: Sequence[IO[bytes]]) -> Callable[[bytes], None]:
+def _unique_carried(m: Manifest) -> dict[str, FileRecord]:
+    out: dict[str, FileRecord] = {}
+    for _entry, f in m.carried_files():
+        out.setdefault(f.sha256, f)
+    return out
+
+
+def _unpack_chunk(
+    bundle: OpenedBundle,
+    rec: ChunkRecord,
+    places: list[tuple[str, int, int]],
+    staging: Staging,
+    advance: Callable[[int], None],
+    hasher: hashlib._Hash | None,
+) -> None:
+    vol = bundle.where(rec.id)
+    assert vol is not None
+    handles: list[IO[bytes]] = []
+    try:
+        for sha, offset, size in places:
+            fd = os.open(staging.path(sha), os.O_RDWR | os.O_CREAT, 0o644)
+            fh = os.fdopen(fd, "r+b")
+            handles.append(fh)
+            if os.fstat(fd).st_size != size:
+                fh.truncate(size)
+            fh.seek(offset)
+        sink = _fanout(handles, hasher)
+        with require_chunk(vol.path, rec) as src:
+            stream_chunk(src, rec, where=f"volume {rec.volume}, {vol.path}", sink=sink, advance=advance)
+        for h in handles:
+            h.flush()
+            os.fsync(h.fileno())
+    finally:
+        for h in handles:
+            h.close()
+    staging.mark_done(rec.id)
+
+
+def _fanout(handles: Sequence[IO[bytes]], hasher: hashlib._Hash | None) -> Callable[[bytes], None]:
     def sink(data: bytes) -> None:
         for h in handles:
             h.write(data)
+        if hasher is not None:
+            hasher.update(data)
 
     return sink
 
 
+def _refuse_file(m: Manifest, f: FileRecord, got: str, staging: Staging) -> NoReturn:
+    staging.unmark(f.chunks or ())
+    staging.path(f.sha256).unlink(missing_ok=True)
+    entry = next(e for e, g in m.carried_files() if g.sha256 == f.sha256)
+    raise DigestError(
+        f"{entry.kind} {entry.name}: file {f.path} rebuilt from its chunks has sha256 {got or 'none'}, "
+        f"expected {f.sha256}",
+        remedy="the bundle is inconsistent although its chunks verify: export it again",
+    )
+
+
 def _verify_staged(m: Manifest, staging: Staging, rep: Reporter) -> None:
-    files = {f.sha256: (e, f) for e, f in m.carried_files()}
-    with rep.task("verify files", sum(f.size for _e, f in files.values())) as advance:
-        for sha, (entry, f) in files.items():
-            got, size = sha256_file(staging.path(sha), advance) if staging.path(sha).exists() else ("", -1)
-            if got != sha or size != f.size:
-                staging.unmark(f.chunks or ())
-                staging.path(sha).unlink(missing_ok=True)
-                raise DigestError(
-                    f"{entry.kind} {entry.name}: file {f.path} rebuilt from its chunks has sha256 {got or 'none'}, "
-                    f"expected {sha}",
-                    remedy="the bundle is inconsistent although its chunks verify: export it again",
-                )
-    staging.mark_verified(files)
+    """Check every staged file that was not already hashed while it was unpacked."""
+    verified = staging.verified_files()
+    todo = [f for sha, f in _unique_carried(m).items() if sha not in verified and f.size > 0]
+    with rep.task("verify files", sum(f.size for f in todo)) as advance:
+        for f in todo:
+            path = staging.path(f.sha256)
+            got, size = sha256_file(path, advance) if path.exists() else ("", -1)
+            if got != f.sha256 or size != f.size:
+                _refuse_file(m, f, got, staging)
+            staging.mark_file_verified(f.sha256)
 
 
 def _gather(

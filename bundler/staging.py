@@ -4,7 +4,7 @@
     ``files/<sha256>``   a carried file being rebuilt (sparse until all its chunks are in)
     ``done``             one chunk id per line, appended (and fsynced) after the chunk's
                          bytes are written and fsynced: a crash never marks a chunk done early
-    ``verified``         written once every staged file matched its sha256
+    ``verified``         sha256 of each staged file that matched its digest (appended likewise)
 
 Staging is not published content: the targets take files from here only after the
 whole bundle is staged and verified.
@@ -42,20 +42,28 @@ class Staging:
         return set(lines)
 
     def mark_done(self, chunk_id: str) -> None:
-        with open(self.root / "done", "a") as fh:
-            fh.write(chunk_id + "\n")
+        self._append("done", chunk_id)
+
+    def _append(self, log: str, line: str) -> None:
+        with open(self.root / log, "a") as fh:
+            fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
-    def is_verified(self) -> bool:
-        return (self.root / "verified").exists()
+    def verified_files(self) -> set[str]:
+        try:
+            return set((self.root / "verified").read_text().split())
+        except FileNotFoundError:
+            return set()
 
-    def mark_verified(self, shas: Iterable[str]) -> None:
-        atomic_write(self.root / "verified", "".join(f"{s}\n" for s in sorted(shas)).encode())
+    def mark_file_verified(self, sha256: str) -> None:
+        self._append("verified", sha256)
 
     def unmark(self, chunk_ids: Iterable[str]) -> None:
         """Forget chunks (their file failed its digest), so a re-run writes them again."""
         drop = set(chunk_ids)
+        if not drop:
+            return
         keep = sorted(self.done() - drop)
         atomic_write(self.root / "done", "".join(f"{c}\n" for c in keep).encode())
 

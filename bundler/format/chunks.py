@@ -30,8 +30,13 @@ from bundler.errors import DigestError, MissingChunkError, UnsafeMediaError, Ups
 from bundler.format.layout import CHUNKS_DIR, MIN_CHUNK_SIZE, chunk_relpath, volume_dir_name
 from bundler.format.manifest import ChunkRecord
 
-BLOCK = 4 * 1024 * 1024
+BLOCK = 1024 * 1024
 ZSTD_LEVEL = 3
+#: zstd worker threads per frame: one per CPU, like `zstd -T0`.
+ZSTD_THREADS = os.cpu_count() or 1
+#: Small zstd jobs keep memory low (measured: 1 MiB jobs add ~25 MB RSS, the default ~160 MB)
+#: at no cost in speed on incompressible data and a small one in ratio.
+ZSTD_JOB_SIZE = 1024 * 1024
 #: zstd's worst case is input + input/256 + a small constant; keep a generous margin.
 _FRAME_SLACK = 1024
 
@@ -142,7 +147,10 @@ def write_file_chunks(
         raise UsageError(f"chunk size {chunk_size} is below the minimum {MIN_CHUNK_SIZE}")
     hasher = hashlib.sha256()
     ids: list[str] = []
-    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
+    params = zstandard.ZstdCompressionParameters.from_level(
+        ZSTD_LEVEL, threads=ZSTD_THREADS, job_size=ZSTD_JOB_SIZE, write_checksum=True, write_content_size=True
+    )
+    cctx = zstandard.ZstdCompressor(compression_params=params)
     with open(src, "rb") as fh:
         reader = _BlockReader(fh, hasher)
         try:

@@ -275,3 +275,15 @@ def test_export_spec_errors_name_the_section(ws: Workspace, tmp_path: Path) -> N
     assert "[[files]] #1: a URL needs its expected 'sha256'" in r.stderr
     r = run_cli("export", ws.root / "nope.toml", "--out", tmp_path / "o", "--key", ws.key, check=10)
     assert "does not exist" in r.stderr
+
+
+def test_file_digest_that_its_chunks_do_not_rebuild(ws: Workspace) -> None:
+    """A signed manifest whose file digest disagrees with its (valid) chunks: caught, nothing published."""
+
+    def edit(d: dict[str, Any]) -> None:
+        for f in d["entries"][0]["files"]:
+            if f["path"] == "data/c.bin":
+                f["sha256"] = "ab" * 32
+
+    resign([b2(ws)], ws.key, edit)
+    refused(ws, b2(ws), 22, "file data/c.bin rebuilt from its chunks", "expected abab")

@@ -286,8 +286,9 @@ def _fanout(handles: Sequence[IO[bytes]], hasher: hashlib._Hash | None) -> Calla
 
 
 def _refuse_file(m: Manifest, f: FileRecord, got: str, staging: Staging) -> NoReturn:
-    staging.unmark(f.chunks or ())
-    staging.path(f.sha256).unlink(missing_ok=True)
+    # Every chunk verified, yet the file is wrong: the signed bundle itself is inconsistent,
+    # and no re-run can fix it. Drop what was staged for it.
+    staging.remove()
     entry = next(e for e, g in m.carried_files() if g.sha256 == f.sha256)
     raise DigestError(
         f"{entry.kind} {entry.name}: file {f.path} rebuilt from its chunks has sha256 {got or 'none'}, "

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
-
-from bundler.format.state import atomic_write
 
 
 class Staging:
@@ -58,14 +55,6 @@ class Staging:
 
     def mark_file_verified(self, sha256: str) -> None:
         self._append("verified", sha256)
-
-    def unmark(self, chunk_ids: Iterable[str]) -> None:
-        """Forget chunks (their file failed its digest), so a re-run writes them again."""
-        drop = set(chunk_ids)
-        if not drop:
-            return
-        keep = sorted(self.done() - drop)
-        atomic_write(self.root / "done", "".join(f"{c}\n" for c in keep).encode())
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -21,7 +21,7 @@ from bundler.errors import BundlerError
 from bundler.exporter import ExportOptions, export_bundle
 from bundler.format.signing import PRIVATE_SUFFIX, generate_keypair, load_public_key, load_signing_key
 from bundler.importer import ImportOptions, import_bundle
-from bundler.kinds import REGISTRY
+from bundler.kinds import REGISTRY, init_enclave
 from bundler.ui import TerminalReporter, emit_json, emit_lines, error
 from bundler.units import human, parse_size
 from bundler.verifier import inspect_bundle, verify_bundle
@@ -61,6 +61,8 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Create and list bundle signing keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+enclave_app = typer.Typer(help="Set up an enclave (the first import does this too).", no_args_is_help=True)
+app.add_typer(enclave_app, name="enclave")
 
 
 class _Global:
@@ -319,6 +321,19 @@ def keys_list(
     if not rows:
         emit_lines([f"no keys in {keys} or {private_dir}; create one with 'bundle keys generate'"])
     emit_lines([f"{r['keyid'][:16]}  {r['type']:16}  {r['file']}" for r in rows])
+
+
+@enclave_app.command("init")
+def enclave_init(
+    enclave: Annotated[Path, typer.Option("--enclave", help="The enclave's data directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the enclave's own keys (e.g. the repository signing key) and show what to hand to MAAS."""
+    info = _run(lambda: init_enclave(enclave))
+    if as_json:
+        emit_json({"command": "enclave init", **info})
+        return
+    emit_lines([f"{k}: {v}" for k, v in info.items()])
 
 
 def main() -> None:

@@ -92,3 +92,6 @@ class Kind:
     target: Callable[[TargetContext], Target]
     #: One line for ``--help`` and docs.
     summary: str = ""
+    #: Optional one-time enclave set-up (``bundle enclave init``; imports run it too): returns
+    #: what the operator needs to know (key fingerprints, paths), as label -> value.
+    init: Callable[[TargetContext], Mapping[str, str]] | None = None

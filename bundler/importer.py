@@ -22,7 +22,8 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -156,24 +157,41 @@ def _manifest_bytes(bundle: OpenedBundle) -> bytes:
 
 
 def _verify_media(bundle: OpenedBundle, todo: list[ChunkRecord], rep: Reporter) -> None:
-    """Every chunk the given volumes should hold: present, regular, right size, right sha256."""
+    """Every chunk the given volumes should hold: present, regular, right size, right sha256.
+
+    Errors name the chunk, its volume and what it carries (kind, entry and file), so the
+    operator knows which package or image the damage hits.
+    """
     m = bundle.manifest
     for vol in bundle.volumes:
         for n in sorted(vol.numbers):
             for rec in m.chunks_on(n):
-                fh = open_chunk(vol.path, rec)
-                if fh is None:
-                    raise MissingChunkError(
-                        f"chunk {rec.id} of volume {n} is missing from {vol.path}",
-                        remedy="copy this volume again from the export host, then re-run the import",
-                    )
-                fh.close()
+                with _naming_content(m, rec):
+                    fh = open_chunk(vol.path, rec)
+                    if fh is None:
+                        raise MissingChunkError(
+                            f"chunk {rec.id} of volume {n} is missing from {vol.path}",
+                            remedy="copy this volume again from the export host, then re-run the import",
+                        )
+                    fh.close()
     with rep.task("verify chunks", sum(c.size for c in todo)) as advance:
         for rec in todo:
             where = bundle.where(rec.id)
             assert where is not None
-            with require_chunk(where.path, rec) as fh:
+            with _naming_content(m, rec), require_chunk(where.path, rec) as fh:
                 _hash_only(fh, rec, f"volume {rec.volume}, {where.path}", advance)
+
+
+@contextmanager
+def _naming_content(m: Manifest, rec: ChunkRecord) -> Iterator[None]:
+    try:
+        yield
+    except (DigestError, MissingChunkError) as exc:
+        users = [
+            f"{e.kind} {e.name} {e.version} ({f.path})" for e, f in m.carried_files() if rec.id in (f.chunks or ())
+        ]
+        shown = "; ".join(users[:3]) + (f" and {len(users) - 3} more" if len(users) > 3 else "")
+        raise type(exc)(f"{exc.message}; it carries {shown}", remedy=exc.remedy) from exc
 
 
 def _hash_only(fh: IO[bytes], rec: ChunkRecord, where: str, advance: Callable[[int], None]) -> None:

@@ -50,7 +50,7 @@ def test_flipped_byte_in_a_chunk(ws: Workspace) -> None:
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0x01
     victim.write_bytes(bytes(data))
-    refused(ws, b2(ws), 22, f"chunk {victim.name}", "volume 1", "damaged")
+    refused(ws, b2(ws), 22, f"chunk {victim.name}", "volume 1", "damaged", "it carries files tree")
     r = ws.verify(b2(ws), check=22)
     assert victim.name in r.stderr
 

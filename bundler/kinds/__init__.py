@@ -6,9 +6,10 @@ from pathlib import Path
 
 from bundler.errors import SpecError
 from bundler.kinds.base import Kind, TargetContext
+from bundler.kinds.deb import KIND as DEB
 from bundler.kinds.files import KIND as FILES
 
-REGISTRY: dict[str, Kind] = {k.name: k for k in (FILES,)}
+REGISTRY: dict[str, Kind] = {k.name: k for k in (FILES, DEB)}
 
 
 def init_enclave(enclave: Path) -> dict[str, str]:

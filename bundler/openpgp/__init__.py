@@ -1,0 +1,1 @@
+"""OpenPGP shared by kinds: checking upstream signatures with gpgv, and the enclave's own key."""

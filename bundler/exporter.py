@@ -15,7 +15,7 @@ from bundler import __version__
 from bundler.errors import SpecError, UsageError
 from bundler.events import NullReporter, Reporter
 from bundler.fetch import Fetcher, Want
-from bundler.format.chunks import VolumeSet, max_raw_for, write_file_chunks
+from bundler.format.chunks import FileToStore, VolumeSet, max_raw_for, write_many
 from bundler.format.layout import (
     DEFAULT_CHUNK_SIZE,
     FAT32_MAX_FILE,
@@ -110,15 +110,17 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
         volumes = VolumeSet(opts.out, capacity)
         volumes.current_dir()
         chunk_ids: dict[str, tuple[str, ...]] = {}
+        recorded = False
         try:
             total = sum(sizes[s] for s in plan.carry)
+            hashed = {a.sha256: a.hashed_as for d in declared for a in d.artifacts if a.hashed_as is not None}
+            todo = []
+            for sha in plan.carry:
+                path = local[sha]
+                assert path is not None
+                todo.append(FileToStore(src=path, sha256=sha, size=sizes[sha], hashed_as=hashed.get(sha)))
             with rep.task("compress", total) as advance:
-                for sha in plan.carry:
-                    path = local[sha]
-                    assert path is not None
-                    chunk_ids[sha] = write_file_chunks(
-                        path, sha256=sha, size=sizes[sha], chunk_size=chunk_size, volumes=volumes, advance=advance
-                    )
+                chunk_ids = write_many(todo, chunk_size=chunk_size, volumes=volumes, advance=advance)
             # Chunks reach the media before the manifest that names them: a bundle whose
             # manifest is present is complete even if the host crashes right after.
             os.sync()
@@ -142,6 +144,14 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
             Manifest.from_bytes(data)  # the exporter checks its own output with the importer's parser
             digest = manifest_digest(data)
             sig = sign(data, key)
+            # The ledger records the bundle before any manifest reaches the media. Were it the
+            # other way round, a crash in between would leave an importable bundle that the
+            # ledger does not know, and the next export would reuse its sequence: a fork the
+            # enclave must refuse, with no way forward. This way a crash leaves media without
+            # a manifest (not importable) and a ledger one ahead, which the enclave answers
+            # with a clear base mismatch that 'bundle export --full' resolves.
+            ledger.record(data, manifest)
+            recorded = True
             for i, vdir in enumerate(volumes.dirs(), 1):
                 vdir.mkdir(parents=True, exist_ok=True)
                 info = canonical_json(
@@ -165,8 +175,9 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
         except BaseException:
             for vdir in volumes.dirs():
                 shutil.rmtree(vdir, ignore_errors=True)
+            if recorded:
+                ledger.rewind(spec.series, last)
             raise
-        ledger.record(data, manifest)
     return ExportResult(
         series=manifest.series,
         sequence=manifest.sequence,

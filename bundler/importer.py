@@ -17,6 +17,7 @@ same import again finishes the job.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -37,7 +38,7 @@ from bundler.format.manifest import ChunkRecord, Manifest, file_offsets, manifes
 from bundler.format.signing import load_trust
 from bundler.format.state import StateStore
 from bundler.hashing import sha256_file
-from bundler.kinds import get_kind
+from bundler.kinds import get_kind, require_known
 from bundler.kinds.base import Change, PublishReport, Target, TargetContext
 from bundler.media import OpenedBundle, open_bundle, read_capped
 from bundler.model import Entry, FileRecord
@@ -84,7 +85,7 @@ def import_bundle(opts: ImportOptions, reporter: Reporter | None = None) -> Impo
         for w in bundle.warnings:
             rep.warn(w)
         m = bundle.manifest
-        staging = Staging(opts.enclave / "staging" / bundle.verdict.digest)
+        staging = Staging(opts.enclave / "staging" / m.series / bundle.verdict.digest)
 
         def result(
             status: Status, missing: set[int] | None = None, n_missing: int = 0, reports: tuple[PublishReport, ...] = ()
@@ -105,12 +106,13 @@ def import_bundle(opts: ImportOptions, reporter: Reporter | None = None) -> Impo
             )
 
         if bundle.verdict.already_applied:
-            staging.remove()
+            _drop_stale_staging(staging, rep)
             return result("already-applied")
 
         previous = state.last_manifest(m.series)
         tctx = TargetContext(enclave=opts.enclave, options=opts.target_options, reporter=rep)
         kinds = sorted({e.kind for e in m.entries} | {e.kind for e in (previous.entries if previous else ())})
+        require_known(kinds)
         targets: dict[str, Target] = {k: get_kind(k).target(tctx) for k in kinds}
         for kind, t in targets.items():
             t.preflight([e for e in m.entries if e.kind == kind])
@@ -119,7 +121,7 @@ def import_bundle(opts: ImportOptions, reporter: Reporter | None = None) -> Impo
         todo = [c for c in m.chunks if c.id not in done and bundle.where(c.id) is not None]
         _verify_media(bundle, todo, rep)
         if todo:
-            _check_space(opts.enclave, m, done)
+            _check_space(opts.enclave, m, staging)
             staging.create()
             _unpack(bundle, todo, staging, rep)
             done = staging.done()
@@ -145,7 +147,7 @@ def import_bundle(opts: ImportOptions, reporter: Reporter | None = None) -> Impo
             applied=opts.now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             signer=bundle.verdict.signer.keyid,
         )
-        staging.remove()
+        _drop_stale_staging(staging, rep)
         return result("applied", reports=tuple(reports))
 
 
@@ -208,8 +210,14 @@ def _hash_only(fh: IO[bytes], rec: ChunkRecord, where: str, advance: Callable[[i
         )
 
 
-def _check_space(enclave: Path, m: Manifest, done: set[str]) -> None:
-    need = sum(c.raw_size for c in m.chunks if c.id not in done)
+def _check_space(enclave: Path, m: Manifest, staging: Staging) -> None:
+    """Staging holds one full copy of every distinct carried file (sparse until complete)."""
+    need = 0
+    for f in _unique_carried(m).values():
+        p = staging.path(f.sha256)
+        have = p.stat().st_blocks * 512 if p.exists() else 0
+        need += max(0, f.size - have)
+    need += 16 * 1024 * 1024  # the done/verified logs, directories, filesystem slack
     enclave.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(enclave).free
     if free < need:
@@ -217,6 +225,19 @@ def _check_space(enclave: Path, m: Manifest, done: set[str]) -> None:
             f"the enclave needs {need} bytes free to stage this bundle, {free} are free",
             remedy=f"free space under {enclave}, then re-run",
         )
+
+
+def _drop_stale_staging(staging: Staging, rep: Reporter) -> None:
+    """Once a series has moved to a bundle, staging of any other bundle of it can never be used:
+    an older or same sequence is refused, and a newer one builds on this bundle."""
+    staging.remove()
+    series_dir = staging.root.parent
+    if series_dir.is_dir():
+        for other in sorted(series_dir.iterdir()):
+            rep.warn(f"removed the staging of bundle {other.name[:16]}, which this series has moved past")
+            shutil.rmtree(other, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            series_dir.rmdir()
 
 
 def _unpack(bundle: OpenedBundle, todo: list[ChunkRecord], staging: Staging, rep: Reporter) -> None:
@@ -336,7 +357,7 @@ def _gather(
     before = {e.key: e for e in previous.entries} if previous else {}
     wanted: dict[str, tuple[Entry, str]] = {}
     for e in m.entries:
-        if before.get(e.key) == e:
+        if e.same_content(before.get(e.key)):
             continue
         for f in e.files:
             if f.sha256 not in staged:

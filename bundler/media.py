@@ -135,17 +135,25 @@ def open_bundle(
 def _identify(d: Path, verdict: Verdict, warnings: list[str]) -> Volume:
     m = verdict.manifest
     ours = {chunk_relpath(c.id): c.volume for c in m.chunks}
-    present: set[int] = set()
+    present: dict[int, int] = {}
     for root, dirnames, filenames in os.walk(d):
         rel_root = Path(root).relative_to(d)
         for name in sorted(filenames) + sorted(x for x in dirnames if (Path(root) / x).is_symlink()):
             rel = (rel_root / name).as_posix()
             if rel in ours:
-                present.add(ours[rel])
+                present[ours[rel]] = present.get(ours[rel], 0) + 1
             elif rel not in (MANIFEST_NAME, SIGNATURE_NAME, VOLUME_NAME):
                 warnings.append(f"{d}: ignoring {rel}: not part of this bundle")
         dirnames[:] = [x for x in dirnames if not (Path(root) / x).is_symlink()]
-    numbers = _claimed(d, verdict) or present
+    per_volume = {n: len(m.chunks_on(n)) for n in present}
+    complete = {n for n, count in present.items() if count == per_volume[n]}
+    claimed = _claimed(d, verdict)
+    numbers = claimed | complete if claimed else set(present)
+    for n in sorted(set(present) - numbers):
+        warnings.append(
+            f"{d}: holds {present[n]} of the {per_volume[n]} chunks of volume {n}; they are not used from here: "
+            f"give volume {n}'s own directory"
+        )
     if not numbers and m.chunks:
         raise UsageError(
             f"{d} holds none of the chunks of bundle {m.series} #{m.sequence}",

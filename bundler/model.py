@@ -20,6 +20,10 @@ class Artifact:
     size: int  # -1 when upstream does not say; the exporter measures it after download
     url: str | None = None
     local: Path | None = None
+    #: For ``local`` files the source hashed in this run: the file's stat key (device, inode,
+    #: size, mtime, ctime) when hashed. The exporter skips hashing it again while compressing
+    #: if the key still matches (the importer checks every file's sha256 in any case).
+    hashed_as: tuple[int, int, int, int, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,25 @@ class Entry:
     files: tuple[FileRecord, ...]
     metadata: dict[str, Any] = field(default_factory=dict, hash=False)
 
+    def same_content(self, other: Entry | None) -> bool:
+        """Equal in everything but transport: two manifests that record the same entry with
+        other chunk lists (or one carrying it, one not) describe the same published state."""
+        if other is None:
+            return False
+        return (self.kind, self.name, self.version, self.arch, self.metadata, _content(self.files)) == (
+            other.kind,
+            other.name,
+            other.version,
+            other.arch,
+            other.metadata,
+            _content(other.files),
+        )
+
     @property
     def key(self) -> tuple[str, str, str]:
         """Identity across bundles: a newer bundle replaces the entry with the same key."""
         return (self.kind, self.name, self.arch)
+
+
+def _content(files: tuple[FileRecord, ...]) -> tuple[tuple[str, str, int], ...]:
+    return tuple((f.path, f.sha256, f.size) for f in files)

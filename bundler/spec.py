@@ -58,7 +58,7 @@ def load_spec(path: Path) -> CarrySpec:
             remedy=f"top-level keys: {sorted(_TOP)}; content kinds: {sorted(REGISTRY)}",
         )
     series = doc.get("series")
-    if not isinstance(series, str) or not SERIES_RE.match(series):
+    if not isinstance(series, str) or not SERIES_RE.fullmatch(series):
         raise SpecError(
             f"{path}: 'series' is required: lower-case letters, digits, '.', '_' or '-' (at most 64)",
             remedy='add for example: series = "site-a"',

@@ -12,6 +12,7 @@ whole bundle is staged and verified.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -57,4 +58,7 @@ class Staging:
         self._append("verified", sha256)
 
     def remove(self) -> None:
+        """Drop this bundle's staging, and its series directory once that is empty."""
         shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.root.parent.rmdir()

@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from tqdm import tqdm
@@ -53,7 +54,24 @@ class TerminalReporter:
 
 
 def emit_json(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """One JSON document; times as ``YYYY-MM-DDTHH:MM:SSZ`` (as in manifests), paths as strings,
+    durations (``seconds``) rounded to milliseconds."""
+    sys.stdout.write(json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_jsonable(v) for v in value]
+        return sorted(items) if isinstance(value, set | frozenset) else items
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, str | int | bool) or value is None:
+        return value
+    return str(value)
 
 
 def emit_lines(lines: list[str]) -> None:

@@ -16,6 +16,7 @@ from bundler.format.chunks import open_chunk, stream_chunk
 from bundler.format.manifest import file_offsets
 from bundler.format.signing import load_trust
 from bundler.format.state import StateStore
+from bundler.kinds import require_known
 from bundler.media import OpenedBundle, open_bundle
 from bundler.model import FileRecord
 
@@ -54,6 +55,7 @@ def verify_bundle(
     for w in bundle.warnings:
         rep.warn(w)
     m = bundle.manifest
+    require_known(e.kind for e in m.entries)
     chunks = m.chunk_map()
     have = bundle.numbers()
     for vol in bundle.volumes:

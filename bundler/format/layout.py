@@ -26,8 +26,8 @@ MIN_CHUNK_SIZE = 64 * 1024
 #: Hard limit for one stored piece: FAT32 cannot hold a file of 4 GiB or more.
 FAT32_MAX_FILE = 4 * 1024 * 1024 * 1024 - 1
 
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-SERIES_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+HEX64 = re.compile(r"[0-9a-f]{64}")
+SERIES_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 def volume_dir_name(index: int) -> str:
@@ -37,13 +37,13 @@ def volume_dir_name(index: int) -> str:
 
 def chunk_relpath(chunk_id: str) -> str:
     """Where chunk ``chunk_id`` lives inside a volume (two-level fan-out)."""
-    if not HEX64.match(chunk_id):
+    if not HEX64.fullmatch(chunk_id):
         raise UnsafeMediaError(f"invalid chunk id {chunk_id!r}")
     return f"{CHUNKS_DIR}/{chunk_id[:2]}/{chunk_id}"
 
 
 def is_digest(value: object) -> bool:
-    return isinstance(value, str) and bool(HEX64.match(value))
+    return isinstance(value, str) and bool(HEX64.fullmatch(value))
 
 
 __all__ = ["MAX_PATH_LEN", "check_relpath"]

@@ -112,7 +112,7 @@ class Manifest:
         if not isinstance(obj, dict):
             raise UnsupportedFormatError("manifest is not a JSON object", remedy=_REMEDY_BROKEN)
         schema = obj.get("schema")
-        if schema != SCHEMA_VERSION:
+        if type(schema) is not int or schema != SCHEMA_VERSION:
             raise UnsupportedFormatError(
                 f"manifest schema version {schema!r} is not supported (this bundler reads {SCHEMA_VERSION})",
                 remedy=_REMEDY_FORMAT,
@@ -125,7 +125,7 @@ class Manifest:
                 remedy=_REMEDY_FORMAT,
             )
         series = _get(obj, "series", str)
-        if not SERIES_RE.match(series):
+        if not SERIES_RE.fullmatch(series):
             raise UnsupportedFormatError(f"invalid series name {series!r}", remedy=_REMEDY_BROKEN)
         sequence = _get_int(obj, "sequence", minimum=1)
         base_obj = obj.get("base")
@@ -307,6 +307,7 @@ def _entry_from_dict(obj: Any, chunks: dict[str, ChunkRecord]) -> Entry:
 def _check_entries(entries: Iterable[Entry], chunks: dict[str, ChunkRecord]) -> None:
     keys: set[tuple[str, str, str]] = set()
     paths: dict[tuple[str, str], str] = {}
+    contents: dict[str, FileRecord] = {}
     used: set[str] = set()
     for e in entries:
         if e.key in keys:
@@ -317,6 +318,13 @@ def _check_entries(entries: Iterable[Entry], chunks: dict[str, ChunkRecord]) -> 
             if previous != f.sha256:
                 raise UnsupportedFormatError(
                     f"{e.kind} path {f.path} is listed twice with different content", remedy=_REMEDY_BROKEN
+                )
+            same = contents.setdefault(f.sha256, f)
+            if same.size != f.size or (same.carried and f.carried and same.chunks != f.chunks):
+                raise UnsupportedFormatError(
+                    f"{e.kind} file {f.path}: sha256 {f.sha256[:16]} is recorded elsewhere ({same.path}) with another "
+                    "size or other chunks",
+                    remedy=_REMEDY_BROKEN,
                 )
             used.update(f.chunks or ())
     unused = sorted(set(chunks) - used)

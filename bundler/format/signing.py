@@ -72,9 +72,10 @@ def generate_keypair(name: str, private_dir: Path, public_dir: Path) -> tuple[Pa
         raise KeyFileError(f"invalid key name {name!r}", remedy="use a plain name such as 'site-a-exporter'")
     priv_dir = private_dir.expanduser().resolve()
     pub_dir = public_dir.expanduser().resolve()
-    if priv_dir == pub_dir or priv_dir.is_relative_to(pub_dir) or priv_dir.name == "keys":
+    holds_public = priv_dir.is_dir() and any(priv_dir.glob(f"*{PUBLIC_SUFFIX}"))
+    if priv_dir == pub_dir or priv_dir.is_relative_to(pub_dir) or holds_public:
         raise KeyFileError(
-            f"refusing to write a private key into {private_dir}: that directory holds public keys",
+            f"refusing to write a private key into {private_dir}: that directory holds (or is) a public-key directory",
             remedy="choose a --private-dir outside the repository's keys/ (the default is ~/.config/bundler/keys)",
         )
     priv_path = priv_dir / f"{name}{PRIVATE_SUFFIX}"
@@ -112,7 +113,12 @@ def load_signing_key(path: Path) -> SigningKey:
 
 
 def load_public_key(path: Path) -> PublicKey:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(
+            f"cannot read public key {path}: {exc.strerror}", remedy="check the file's permissions"
+        ) from exc
     if b"PRIVATE KEY" in data:
         raise KeyFileError(
             f"{path} holds a PRIVATE key in a public-key directory",
@@ -177,7 +183,10 @@ def verify(message: bytes, sig_file: bytes, trust: dict[str, PublicKey]) -> Publ
         try:
             signature = base64.b64decode(str(item.get("signature", "")), validate=True)
         except (binascii.Error, ValueError):
-            continue
+            raise SignatureError(
+                f"the signature by trusted key {keyid[:16]} in manifest.sig is not valid base64: the file was damaged",
+                remedy="do not import this bundle; get an untouched copy or a new export",
+            ) from None
         if key.verify(signature, message):
             return key
         raise SignatureError(

@@ -51,7 +51,7 @@ class StateStore:
         self.root = root
 
     def _series_path(self, series: str) -> Path:
-        if not SERIES_RE.match(series):
+        if not SERIES_RE.fullmatch(series):
             raise StateCorruptError(f"invalid series name {series!r}")
         return self.root / "series" / f"{series}.json"
 
@@ -102,6 +102,16 @@ class StateStore:
         doc = {"series": state.series, "sequence": state.sequence, "digest": digest, **extra}
         atomic_write(self._series_path(manifest.series), canonical_json(doc))
         return state
+
+    def rewind(self, series: str, previous: SeriesState | None, **extra: object) -> None:
+        """Point ``series`` back at ``previous`` (None: as if never recorded); used when an
+        export fails after it reserved its sequence."""
+        path = self._series_path(series)
+        if previous is None:
+            path.unlink(missing_ok=True)
+            return
+        doc = {"series": previous.series, "sequence": previous.sequence, "digest": previous.digest, **extra}
+        atomic_write(path, canonical_json(doc))
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from bundler.errors import SpecError
+from bundler.errors import SpecError, UnsupportedFormatError
 from bundler.kinds.base import Kind, TargetContext
 from bundler.kinds.deb import KIND as DEB
 from bundler.kinds.files import KIND as FILES
@@ -30,3 +31,14 @@ def get_kind(name: str) -> Kind:
             f"unknown content kind {name!r}",
             remedy=f"known kinds: {', '.join(sorted(REGISTRY))}",
         ) from None
+
+
+def require_known(kinds: Iterable[str]) -> None:
+    """Refuse a bundle that carries a kind this bundler cannot publish (exit 24, before anything)."""
+    unknown = sorted(set(kinds) - set(REGISTRY))
+    if unknown:
+        raise UnsupportedFormatError(
+            f"the bundle carries content of kind {', '.join(map(repr, unknown))}, which this bundler does not know "
+            f"(it knows {', '.join(sorted(REGISTRY))})",
+            remedy="upgrade bundler in the enclave to the exporter's version, then import again",
+        )

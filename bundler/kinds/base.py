@@ -52,7 +52,7 @@ class Change:
 
     def added(self) -> list[Entry]:
         before = {e.key: e for e in self.previous}
-        return [e for e in self.entries if before.get(e.key) != e]
+        return [e for e in self.entries if not e.same_content(before.get(e.key))]
 
     def removed(self) -> list[Entry]:
         now = {e.key for e in self.entries}
@@ -92,6 +92,7 @@ class Kind:
     target: Callable[[TargetContext], Target]
     #: One line for ``--help`` and docs.
     summary: str = ""
-    #: Optional one-time enclave set-up (``bundle enclave init``; imports run it too): returns
+    #: Optional one-time enclave set-up (``bundle enclave init``; a target that needs it runs it
+    #: itself on first publish, so an import never depends on it having been run): returns
     #: what the operator needs to know (key fingerprints, paths), as label -> value.
     init: Callable[[TargetContext], Mapping[str, str]] | None = None

@@ -96,6 +96,23 @@ def test_unknown_schema_or_feature(ws: Workspace, edit: Any, needle: str) -> Non
     refused(ws, b2(ws), 24, needle, "upgrade bundler")
 
 
+def test_unknown_kind_needs_a_newer_bundler(ws: Workspace) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        d["entries"][0]["kind"] = "hologram"
+
+    resign([b2(ws)], ws.key, edit)
+    refused(ws, b2(ws), 24, "kind 'hologram'", "upgrade bundler")
+    assert "kind 'hologram'" in ws.verify(b2(ws), check=24).stderr
+
+
+def test_trusted_signature_that_is_not_base64(ws: Workspace) -> None:
+    sig = b2(ws) / "manifest.sig"
+    doc = json.loads(sig.read_text())
+    doc["signatures"][0]["signature"] = "not base64!"
+    sig.write_text(json.dumps(doc))
+    refused(ws, b2(ws), 21, "not valid base64")
+
+
 @pytest.mark.parametrize(
     ("path", "needle"),
     [
@@ -246,10 +263,10 @@ def test_killed_while_unpacking_then_second_run_completes(ws: Workspace, tmp_pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    done_logs = list((ws.enclave / "staging").glob("*/done"))
+    done_logs = list((ws.enclave / "staging").glob("*/*/done"))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        done_logs = list((ws.enclave / "staging").glob("*/done"))
+        done_logs = list((ws.enclave / "staging").glob("*/*/done"))
         if done_logs and len(done_logs[0].read_text().split()) >= 20:
             proc.send_signal(signal.SIGKILL)
             break
@@ -287,3 +304,18 @@ def test_file_digest_that_its_chunks_do_not_rebuild(ws: Workspace) -> None:
 
     resign([b2(ws)], ws.key, edit)
     refused(ws, b2(ws), 22, "file data/c.bin rebuilt from its chunks", "expected abab")
+
+
+def test_delta_whose_base_content_was_deleted_from_the_enclave(ws: Workspace) -> None:
+    """b2 does not carry a.bin (the enclave has it since b1); if someone deleted it, the import
+    says which file and how to recover, and publishes nothing (c.bin stays absent)."""
+    (ws.enclave / "files/data/a.bin").unlink()
+    published, state = snapshot(ws.enclave / "files"), snapshot(ws.enclave / "state")
+    r = ws.import_(b2(ws), check=52)
+    assert "data/a.bin is not carried by this delta" in r.stderr and "export --full" in r.stderr
+    # Published content and state are untouched; the verified staging stays for the re-run.
+    assert snapshot(ws.enclave / "files") == published and snapshot(ws.enclave / "state") == state
+    assert not (ws.enclave / "files/data/c.bin").exists()
+    (ws.enclave / "files/data/a.bin").write_bytes((ws.src / "a.bin").read_bytes())  # restored from backup
+    ws.import_(b2(ws))
+    assert (ws.enclave / "files/data/c.bin").read_bytes() == (ws.src / "c.bin").read_bytes()

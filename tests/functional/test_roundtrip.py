@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -116,8 +118,11 @@ def test_http_source_downloads_once_and_delta_carries_only_changes(ws: Workspace
     assert first["base"] is None and first["files_carried"] == 3
     assert second["base"]["sequence"] == 1
     assert second["files_carried"] == 1 and second["files"] == 3
-    r = ws.import_(tmp_path / "b2")
-    assert "imported test #2" in r.stdout
+    r = ws.import_(tmp_path / "b2", extra=("--json",))
+    reports = {rep["kind"]: rep for rep in json.loads(r.stdout)["reports"]}
+    # The iso entry is the same content (recorded with chunks in b1, without in b2): unchanged, not re-added.
+    assert [a.split()[0] for a in reports["files"]["added"]] == ["tree"]
+    assert reports["files"]["unchanged"] == 1
     data = ws.enclave / "files" / "data"
     assert sorted(p.name for p in data.iterdir()) == ["keep.txt", "new.txt"]
     assert (ws.enclave / "files/isos/tool.iso").read_bytes() == iso.read_bytes()
@@ -163,6 +168,18 @@ def test_keys_generate_never_writes_private_keys_into_keys_dir(tmp_path: Path) -
     )["keys"]
     assert {k["type"] for k in listing} == {"public (trusted)", "private"}
     assert len({k["keyid"] for k in listing}) == 1  # the pair shares one key id
+    # Any directory that already holds public keys is refused as a private-key home, whatever its name.
+    r = run_cli("keys", "generate", "y", "--private-dir", tmp_path / "keys", "--public-dir", tmp_path / "pub2", check=12)
+    assert "public-key directory" in r.stderr
+
+
+def test_keys_generate_default_private_dir_works(tmp_path: Path) -> None:
+    """The default private home (~/.config/bundler/keys) is named "keys" but holds no public keys."""
+    env = {"HOME": str(tmp_path / "home"), "XDG_CONFIG_HOME": ""}
+    d = json.loads(run_cli("keys", "generate", "site", "--public-dir", tmp_path / "pub", "--json", env=env).stdout)
+    priv = Path(d["private"])
+    assert priv == tmp_path / "home/.config/bundler/keys/site.key"
+    assert oct(priv.stat().st_mode & 0o777) == "0o600" and (tmp_path / "pub/site.pub").is_file()
 
 
 @pytest.fixture
@@ -197,3 +214,48 @@ def test_import_straight_from_read_only_media(ws: Workspace, tmp_path: Path, rea
     ws.import_(ro[-1])
     assert (ws.enclave / "files/data/big.bin").read_bytes() == (ws.src / "big.bin").read_bytes()
     assert snapshot(out) == before  # nothing joined, written or deleted on the media
+
+
+def test_json_times_use_one_format(ws: Workspace, tmp_path: Path) -> None:
+    (ws.src / "a.txt").write_text("a\n")
+    spec = ws.write_spec(f'[[files]]\nname = "tree"\npath = "data"\nsource = "{ws.src}"\n', expires_days=30)
+    e = ws.export_json(spec, tmp_path / "b")
+    i = json.loads(run_cli("inspect", tmp_path / "b" / "vol-001", "--keys", ws.keys, "--json").stdout)
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+    assert stamp.fullmatch(e["expires"]) and e["expires"] == i["expires"]
+    assert stamp.fullmatch(i["created"])
+    assert isinstance(e["seconds"], float) and e["seconds"] == round(e["seconds"], 3)
+
+
+def test_staging_of_bundles_the_series_moved_past_is_removed(ws: Workspace, tmp_path: Path) -> None:
+    (ws.src / "a.txt").write_text("a\n")
+    ws.export(ws.tree_spec(), tmp_path / "b1")
+    abandoned = ws.enclave / "staging" / ws.series / ("ab" * 32)
+    (abandoned / "files").mkdir(parents=True)
+    (abandoned / "files" / "junk").write_bytes(b"x" * 1000)
+    other_series = ws.enclave / "staging" / "other-site" / ("cd" * 32)
+    other_series.mkdir(parents=True)
+    r = ws.import_(tmp_path / "b1")
+    assert not abandoned.exists() and "removed the staging of bundle abababab" in r.stderr
+    assert other_series.is_dir(), "staging of another series was touched"
+
+
+def test_chunks_of_another_volume_copied_into_a_volume_dir_are_used_or_named(ws: Workspace, tmp_path: Path) -> None:
+    (ws.src / "a.bin").write_bytes(os.urandom(5 * 1024 * 1024))
+    out = tmp_path / "out"
+    ws.export(ws.tree_spec(), out, "--chunk-size", "512K", "--volume-size", "2M")
+    vols = volumes(out)
+    assert len(vols) >= 3 and len(chunk_files(vols[2])) >= 2
+    merged = tmp_path / "merged"
+    shutil.copytree(vols[0], merged)  # keeps vol-001's volume.json, which claims volume 1
+    for c in chunk_files(vols[1]):  # all of volume 2
+        dest = merged / c.relative_to(vols[1])
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(c, dest)
+    partial = chunk_files(vols[2])[0]  # one chunk of volume 3: not usable on its own
+    dest = merged / partial.relative_to(vols[2])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(partial, dest)
+    r = ws.import_(merged, check=3)
+    assert "staged volume(s) [1, 2]" in r.stdout
+    assert f"holds 1 of the {len(chunk_files(vols[2]))} chunks of volume 3" in r.stderr

@@ -11,14 +11,26 @@ import pytest
 import zstandard
 
 from bundler.errors import DigestError, UpstreamDigestError, UsageError
-from bundler.format.chunks import VolumeSet, max_raw_for, require_chunk, stored_bound, stream_chunk, write_file_chunks
+from bundler.format.chunks import (
+    FileToStore,
+    VolumeSet,
+    max_raw_for,
+    require_chunk,
+    stored_bound,
+    stream_chunk,
+    write_file_chunks,
+    write_many,
+)
 from bundler.format.manifest import ChunkRecord
+from bundler.hashing import sha256_file_keyed
 
 
-def write(tmp_path: Path, data: bytes, *, chunk: int, capacity: int | None = None) -> tuple[VolumeSet, tuple[str, ...]]:
+def write(
+    tmp_path: Path, data: bytes, *, chunk: int, capacity: int | None = None, cluster: int = 4096
+) -> tuple[VolumeSet, tuple[str, ...]]:
     src = tmp_path / "src"
     src.write_bytes(data)
-    vs = VolumeSet(tmp_path / "out", capacity)
+    vs = VolumeSet(tmp_path / "out", capacity, cluster=cluster, used=cluster)
     ids = write_file_chunks(src, sha256=hashlib.sha256(data).hexdigest(), size=len(data), chunk_size=chunk, volumes=vs)
     return vs, ids
 
@@ -57,6 +69,18 @@ def test_volumes_fill_up_and_a_file_continues_on_the_next(tmp_path: Path) -> Non
     assert all(v <= 256 * 1024 for v in per_volume.values())
     assert per_volume[1] > 200 * 1024  # the first volume is filled, not left half empty
     assert rebuild(vs, ids) == data
+
+
+def test_volumes_account_for_media_clusters(tmp_path: Path) -> None:
+    """On the media every file takes whole clusters and every directory one: a volume's
+    allocated size, so counted, stays within its capacity."""
+    capacity, cluster = 1024 * 1024, 64 * 1024
+    vs, ids = write(tmp_path, os.urandom(3_000_000), chunk=200 * 1024, capacity=capacity, cluster=cluster)
+    for n in range(1, vs.index + 1):
+        recs = [r for r in vs.records.values() if r.volume == n]
+        allocated = cluster * (1 + len({r.id[:2] for r in recs})) + sum(-(-r.size // cluster) * cluster for r in recs)
+        assert allocated <= capacity, (n, allocated)
+        assert sum(r.size for r in recs) > capacity // 2
 
 
 def test_identical_segments_are_stored_once(tmp_path: Path) -> None:
@@ -98,3 +122,32 @@ def test_damaged_frame_is_a_digest_error(tmp_path: Path) -> None:
     rec = ChunkRecord(id=hashlib.sha256(good).hexdigest(), size=len(good), raw_size=5000, volume=1)
     with pytest.raises(DigestError, match="damaged"):
         stream_chunk(io.BytesIO(bad), rec, where="volume 1", sink=lambda b: None)
+
+
+@pytest.mark.parametrize("size", [3000, 6 * 1024 * 1024])  # a small file (pool) and a large one (streamed)
+def test_write_many_hashes_again_a_file_changed_since_it_was_hashed(tmp_path: Path, size: int) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(size))
+    sha, n, key = sha256_file_keyed(src)
+    assert key is not None and n == size
+    good = write_many([FileToStore(src, sha, size, key)], chunk_size=1 << 30, volumes=VolumeSet(tmp_path / "a", None))
+    assert len(good[sha]) >= 1
+    src.write_bytes(os.urandom(size))  # same size, new content: the stat key (mtime/ctime) moves
+    os.utime(src, ns=(key[3] + 10**9, key[3] + 10**9))
+    with pytest.raises(UpstreamDigestError, match="declared as"):
+        write_many([FileToStore(src, sha, size, key)], chunk_size=1 << 30, volumes=VolumeSet(tmp_path / "b", None))
+
+
+def test_write_many_keeps_order_and_dedupes_across_small_and_large(tmp_path: Path) -> None:
+    files = []
+    blobs = [os.urandom(1000), b"z" * 5_000_000, os.urandom(70_000), b""]
+    for i, blob in enumerate(blobs):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(blob)
+        files.append(FileToStore(p, hashlib.sha256(blob).hexdigest(), len(blob)))
+    vs = VolumeSet(tmp_path / "out", None)
+    ids = write_many(files, chunk_size=1 << 20, volumes=vs)
+    for f, blob in zip(files, blobs, strict=True):
+        assert rebuild(vs, ids[f.sha256]) == blob
+    assert ids[files[3].sha256] == ()
+    assert len(ids[files[1].sha256]) == 5  # 5 MB of one byte in 1 MiB pieces, each a separate frame

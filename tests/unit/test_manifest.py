@@ -85,6 +85,17 @@ def test_valid() -> None:
         (lambda d: d["entries"][0]["files"][0].update(path="a/\x00"), UnsafeMediaError, "control"),
         (lambda d: d["entries"][0]["files"][0].update(sha256="F" * 64), UnsupportedFormatError, "sha256"),
         (lambda d: d.pop("entries"), UnsupportedFormatError, "'entries' is missing"),
+        # JSON true and 1.0 compare equal to 1 in Python: the schema must be the integer itself.
+        (lambda d: d.update(schema=True), UnsupportedFormatError, "schema version True"),
+        (lambda d: d.update(schema=1.0), UnsupportedFormatError, "schema version 1.0"),
+        # "$" would accept a trailing newline; names and digests must match in full.
+        (lambda d: d.update(series="s\n"), UnsupportedFormatError, "invalid series"),
+        (lambda d: d["entries"][0]["files"][0].update(sha256="f" * 64 + "\n"), UnsupportedFormatError, "sha256"),
+        (
+            lambda d: d["entries"][0]["files"][1].update(sha256="f" * 64),
+            UnsupportedFormatError,
+            "with another size or other chunks",
+        ),
     ],
 )
 def test_refusals(edit: Any, error: type[Exception], needle: str) -> None:

@@ -46,6 +46,9 @@ class FilesTarget:
             for f in e.files:
                 wanted[f.path] = f
         unchanged = 0
+        touched: set[Path] = set()
+        install: list[tuple[Path, Path]] = []
+        # Everything is checked before the first file moves: a refusal publishes nothing.
         for f in wanted.values():
             dest = resolve_inside(self.root, f.path, what="files")
             if (f.path, f.sha256) in previous and dest.is_file() and dest.stat().st_size == f.size:
@@ -53,13 +56,25 @@ class FilesTarget:
                 continue
             src = change.staged.get(f.sha256)
             if src is None:
-                raise PublishError(f"files: no verified copy of {f.path} ({f.sha256[:16]}) was staged")
+                raise PublishError(
+                    f"files: {dest} is missing or was changed in the enclave, and this delta does not carry "
+                    f"{f.path} (sha256 {f.sha256[:16]}) because the enclave should already have it",
+                    remedy="restore the file from backup and re-run the import, or import a full export "
+                    "('bundle export --full' on the connected side)",
+                )
+            install.append((src, dest))
+        for src, dest in install:
             _install(src, dest)
+            touched.add(dest.parent)
         removed_paths = sorted({f.path for e in change.previous for f in e.files} - set(wanted))
         for rel in removed_paths:
             dest = resolve_inside(self.root, rel, what="files")
             dest.unlink(missing_ok=True)
+            touched.add(dest.parent)
             _prune_empty(dest.parent, self.root)
+        for d in sorted(touched):  # the renames and unlinks survive a power cut once reported done
+            if d.is_dir():
+                _fsync_dir(d)
         return PublishReport(
             kind="files",
             added=tuple(f"{e.name} {e.version}" for e in change.added()),
@@ -92,3 +107,11 @@ def _prune_empty(d: Path, root: Path) -> None:
         except OSError:
             return
         d = d.parent
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """The embedded default, end to end and offline (run it through ./scripts/demo).
 
-1. Generate a small upstream (deterministic content, so manifests/demo.toml can pin sha256s)
-   and serve it over HTTP on 127.0.0.1.
-2. Create a throwaway signing key; its public key goes into the demo enclave's trusted keys.
-3. ``bundle export manifests/demo.toml`` onto two volumes, ``bundle verify``, ``bundle inspect``.
-4. ``bundle import`` one volume per run into a fresh enclave, then show what arrived.
+1. Generate small upstreams and serve them over HTTP on 127.0.0.1: plain files (deterministic
+   content, so manifests/demo.toml can pin sha256s) and a signed APT archive (real .debs,
+   clearsigned InRelease by a throwaway key; the generator the tests use, tests/fakes/).
+2. Create a throwaway bundle signing key; its public key goes into the enclave's trusted keys.
+3. ``bundle export manifests/demo.toml`` onto several volumes, ``bundle verify``, ``bundle inspect``.
+4. ``bundle import`` one volume per run into a fresh enclave, then show what arrived, and
+   let a real apt-get that trusts only the enclave key fetch ``hello`` from the enclave's
+   reprepro repository.
 Everything lives under .demo/ (removed at the start of each run).
 """
 
@@ -17,12 +20,19 @@ import shutil
 import subprocess
 import sys
 import threading
+from contextlib import ExitStack
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes.apt_archive import build_archive, serve_archive  # noqa: E402  (the tests' generators)
+from tests.fakes.apt_client import IsolatedApt  # noqa: E402
+from tests.fakes.gpg import GpgHome  # noqa: E402
+from tests.fakes.http_server import serve_directory  # noqa: E402
 
 
 def stream(seed: str, size: int, text: bool) -> bytes:
@@ -61,6 +71,16 @@ def main() -> None:
         for rel, data in files.items():
             (base / rel).parent.mkdir(parents=True, exist_ok=True)
             (base / rel).write_bytes(data)
+    stack = ExitStack()
+    apt_gpg = stack.enter_context(GpgHome())
+    apt_fpr = apt_gpg.generate("Demo Archive Signing Key <archive@demo.invalid>")
+    archive = build_archive(WORK / "apt-archive", apt_gpg, apt_fpr)
+    apt_srv = stack.enter_context(serve_archive(archive))
+    os.environ.update(
+        BUNDLER_DEMO_APT_URL=apt_srv.base_url,
+        BUNDLER_DEMO_APT_KEYRING=str(archive.keyring),
+        BUNDLER_DEMO_APT_FINGERPRINT=apt_fpr,
+    )
     handler = partial(SimpleHTTPRequestHandler, directory=str(upstream))
     SimpleHTTPRequestHandler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -96,6 +116,7 @@ def main() -> None:
     finally:
         server.shutdown()
         server.server_close()
+        stack.close()
     print("\nwhat arrived in the enclave (.demo/enclave/files):")
     files_root = WORK / "enclave" / "files"
     for p in sorted(files_root.rglob("*")):
@@ -108,7 +129,35 @@ def main() -> None:
     for rel, data in expected.items():
         if (files_root / rel).read_bytes() != data:
             sys.exit(f"demo: {rel} did not arrive intact")
-    print(f"\ndemo OK: {len(expected)} files exported, carried on 2 volumes, verified and imported byte for byte")
+    debs = show_apt_fetch(WORK / "enclave")
+    print(
+        f"\ndemo OK: exported, carried on {len(list((WORK / 'media').iterdir()))} volumes, verified and "
+        f"imported; {len(expected)} files arrived byte for byte and apt-get fetched {debs} package(s) "
+        "from the enclave repository"
+    )
+
+
+def show_apt_fetch(enclave: Path) -> int:
+    """A real apt-get, isolated from the host and trusting only the enclave key, fetches from
+    the enclave's reprepro repository (served here on 127.0.0.1, as a site would over HTTP)."""
+    key = enclave / "signing" / "enclave-key.gpg"
+    with serve_directory(enclave / "deb" / "repo") as repo:
+        apt = IsolatedApt(
+            WORK / "apt-client",
+            [(repo.base_url, ["noble", "noble-updates"], ["main", "universe"], key)],
+            architectures=["amd64"],
+        )
+        print(
+            f"\n$ apt-get update && apt-get install --download-only hello"
+            f"   # from {repo.base_url}, signed-by {key.name} only"
+        )
+        apt.update()
+        got = apt.download(["hello"])
+    for p in got:
+        print(f"  fetched {p.name}  {p.stat().st_size} bytes")
+    if not any(p.name.startswith("hello_") for p in got):
+        sys.exit("demo: apt-get did not fetch hello from the enclave repository")
+    return len(got)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 
 from bundler.errors import SpecError, UpstreamDigestError
 from bundler.fetch import Want
-from bundler.hashing import sha256_file_keyed
+from bundler.hashing import DigestCache, StatKey, sha256_file_keyed, stat_key
 from bundler.kinds.base import SourceContext
 from bundler.model import Artifact, Declared
 
@@ -92,8 +92,20 @@ def declare(section: Mapping[str, Any], ctx: SourceContext) -> Iterator[Declared
     yield Declared(kind="files", name=name, version=version, arch="all", artifacts=tuple(artifacts))
 
 
-def _local(src: Path, dest: str, expected: str | None, advance: Callable[[int], None]) -> Artifact:
-    digest, size, key = sha256_file_keyed(src, advance)
+def _local(
+    src: Path, dest: str, expected: str | None, advance: Callable[[int], None], cache: DigestCache
+) -> Artifact:
+    st = os.stat(src)
+    key: StatKey | None = stat_key(st)
+    assert key is not None
+    known = cache.get(src, key)
+    if known is not None:
+        digest, size = known, st.st_size
+        advance(size)
+    else:
+        digest, size, key = sha256_file_keyed(src, advance)
+        if key is not None:
+            cache.put(src, key, digest)
     if expected is not None and digest != expected:
         raise UpstreamDigestError(
             f"{src} has sha256 {digest}, but the carry spec expects {expected}",
@@ -103,11 +115,11 @@ def _local(src: Path, dest: str, expected: str | None, advance: Callable[[int], 
 
 
 def _hash_all(pairs: list[tuple[Path, str]], expected: str | None, ctx: SourceContext) -> list[Artifact]:
-    """Hash local files under one progress bar (a tree may hold thousands of files)."""
+    """Hash local files under one progress bar (a tree may hold thousands of files); files
+    unchanged since an earlier export (same stat key) take their digest from the cache."""
     total = sum(p.stat().st_size for p, _ in pairs)
+    cache = DigestCache(ctx.work_dir / "files-digests.json")
     with ctx.reporter.task(f"hash {len(pairs)} local file(s)", total) as advance:
-        if len(pairs) < 2:
-            return [_local(p, dest, expected, advance) for p, dest in pairs]
         lock = threading.Lock()
 
         def locked(n: int) -> None:
@@ -116,7 +128,9 @@ def _hash_all(pairs: list[tuple[Path, str]], expected: str | None, ctx: SourceCo
 
         # hashlib releases the GIL: one thread per core hashes a tree that much faster.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            return list(pool.map(lambda pd: _local(pd[0], pd[1], expected, locked), pairs))
+            out = list(pool.map(lambda pd: _local(pd[0], pd[1], expected, locked, cache), pairs))
+    cache.save()
+    return out
 
 
 def _walk(root: Path, dest: str, ctx: SourceContext) -> list[tuple[Path, str]]:

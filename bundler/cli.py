@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from bundler import __version__
-from bundler.errors import BundlerError
+from bundler.errors import BundlerError, UsageError
 from bundler.exporter import ExportOptions, export_bundle
 from bundler.format.signing import PRIVATE_SUFFIX, generate_keypair, load_public_key, load_signing_key
 from bundler.importer import ImportOptions, import_bundle
@@ -231,6 +231,16 @@ def inspect_cmd(
     emit_lines(lines)
 
 
+def _key_values(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--target-option {item!r} is not KEY=VALUE", remedy="e.g. -o snap_target=proxy")
+        out[key.strip()] = value
+    return out
+
+
 @app.command("import")
 def import_cmd(
     volumes: Annotated[list[Path], typer.Argument(help="Volume directories, in any order; one per run is fine.")],
@@ -239,11 +249,28 @@ def import_cmd(
     allow_expired: Annotated[
         bool, typer.Option("--allow-expired", help="Import an expired bundle (for enclaves whose clock is wrong).")
     ] = False,
+    target_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target-option",
+            "-o",
+            metavar="KEY=VALUE",
+            help="A setting for one kind's target, repeatable (docs/FORMAT.md section 13), e.g. "
+            "snap_target=proxy, snap_proxy_command=snap-proxy, mirror_url=http://maas-mirror/images.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a bundle completely, publish it into the enclave, and record what the enclave holds."""
     rep = _reporter(as_json)
-    opts = ImportOptions(volumes=tuple(volumes), enclave=enclave, keys=keys, now=_now(), allow_expired=allow_expired)
+    opts = ImportOptions(
+        volumes=tuple(volumes),
+        enclave=enclave,
+        keys=keys,
+        now=_now(),
+        allow_expired=allow_expired,
+        target_options=_run(lambda: _key_values(target_option or [])),
+    )
     r = _run(lambda: import_bundle(opts, rep))
     if as_json:
         emit_json({"command": "import", **asdict(r)})

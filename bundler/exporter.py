@@ -204,18 +204,28 @@ def _check_out(out: Path) -> None:
 
 def _declare_all(sections: Iterable[tuple[str, dict[str, object]]], ctx: SourceContext) -> list[Declared]:
     declared: list[Declared] = []
-    keys: set[tuple[str, str, str]] = set()
+    keys: dict[tuple[str, str, str], Declared] = {}
     paths: dict[tuple[str, str], str] = {}
     for kind_name, section in sections:
         for d in REGISTRY[kind_name].declare(section, ctx):
-            if (d.kind, d.name, d.arch) in keys:
+            first = keys.get((d.kind, d.name, d.arch))
+            if first is not None:
+                if _same_thing(first, d):
+                    continue  # e.g. snapd, needed by two [[snap]] sections: carried once, as first declared
                 raise SpecError(f"{d.kind} entry {d.name!r} ({d.arch}) is named twice in the carry spec")
-            keys.add((d.kind, d.name, d.arch))
+            keys[(d.kind, d.name, d.arch)] = d
             for a in d.artifacts:
                 if paths.setdefault((d.kind, a.path), a.sha256) != a.sha256:
                     raise SpecError(f"{d.kind}: two different files want the same path {a.path!r}")
             declared.append(d)
     return declared
+
+
+def _same_thing(a: Declared, b: Declared) -> bool:
+    """Two declarations of one entry that agree on version and every file (path, sha256)."""
+    return a.version == b.version and [(x.path, x.sha256) for x in a.artifacts] == [
+        (x.path, x.sha256) for x in b.artifacts
+    ]
 
 
 def _entry(d: Declared, sizes: dict[str, int], chunk_ids: dict[str, tuple[str, ...]]) -> Entry:

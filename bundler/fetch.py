@@ -26,6 +26,17 @@ match the size or digest it was declared with (retrying cannot help), and
 network keeps failing. Local file-system errors (disk full, permissions) are not
 wrapped and propagate as :class:`OSError`.
 
+Store-addressed content (used by the ``snap`` kind; one documented addition): the Snap
+Store names a file by its **sha3-384** and size, not its sha256, and answers its API
+with custom headers and JSON error bodies. :meth:`Fetcher.fetch_sha3_384` downloads such
+a file with the same resume/retry rules, checks size and sha3-384 while streaming
+(computing the sha256 on the way), stores it in the sha256 cache like any other file and
+records the mapping as a symlink ``sha3-384/<first2>/<hex>`` -> the sha256 file, so a
+later run finds it (and its sha256) without network access or re-hashing.
+:meth:`Fetcher.request` sends one small API request (any method, headers, JSON body)
+over the same session, retrying network failures, 408, 429 and 5xx, and returns every
+other answer (2xx-4xx) for the caller to interpret.
+
 Only one process is expected to use a cache directory at a time (the state lock
 guarantees that); threads within one process are coordinated here.
 """
@@ -56,7 +67,7 @@ from bundler.events import Advance, NullReporter, Reporter
 if TYPE_CHECKING:
     from _hashlib import HASH
 
-__all__ = ["CHUNK_SIZE", "MAX_DELAY", "Fetcher", "Want"]
+__all__ = ["CHUNK_SIZE", "MAX_DELAY", "Answer", "Fetcher", "StoreFile", "Want"]
 
 CHUNK_SIZE: Final = 1 << 20
 """Bytes asked for per read, and per hash update."""
@@ -65,6 +76,7 @@ MAX_DELAY: Final = 30.0
 """Longest wait between two attempts, in seconds (also caps ``Retry-After``)."""
 
 _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
+_SHA3_384_RE: Final = re.compile(r"[0-9a-f]{96}")
 _CONTENT_RANGE_RE: Final = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*")
 
 # Network failures worth another attempt. ``urllib3`` errors show up because the
@@ -102,6 +114,25 @@ class Want:
             raise ValueError(f"Want.size must not be negative, got {self.size}")
         if urlsplit(self.url).scheme not in ("http", "https"):
             raise ValueError(f"Want.url must be an http(s) URL, got {self.url!r}")
+
+
+@dataclass(frozen=True)
+class StoreFile:
+    """A file fetched by its sha3-384 (:meth:`Fetcher.fetch_sha3_384`): where it is in the
+    cache and its sha256, both checked."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One HTTP answer to :meth:`Fetcher.request`, body read in full (bounded)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
 
 class _Retryable(Exception):
@@ -292,6 +323,175 @@ class Fetcher:
             if failures > self._retries:
                 raise self._exhausted(url, failures, cause)
             time.sleep(delay)
+
+    # --- store-addressed content (sha3-384; see the module docstring) -----------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        json_body: object = None,
+        max_size: int,
+    ) -> Answer:
+        """Send one API request; return its answer unless the network or the server keeps failing.
+
+        Connection errors, 408, 429 and 5xx are retried like downloads; any other status
+        (including 4xx) is returned, so the caller can read a JSON error body. A body above
+        ``max_size`` is refused with :class:`~bundler.errors.UpstreamDigestError`.
+        """
+        failures = 0
+        while True:
+            try:
+                return self._request_once(method, url, headers or {}, json_body, max_size)
+            except _Retryable as exc:
+                cause, delay = exc.cause, self._delay(failures, exc.retry_after)
+            failures += 1
+            if failures > self._retries:
+                raise self._exhausted(url, failures, cause)
+            time.sleep(delay)
+
+    def fetch_sha3_384(self, url: str, sha3_384: str, size: int) -> StoreFile:
+        """Download ``url``, which must have exactly ``size`` bytes and this (lowercase hex)
+        sha3-384; return the cached file and its sha256. Resumes a partial download with
+        ``Range``; a cached copy is returned without network access. A mismatch raises
+        :class:`~bundler.errors.UpstreamDigestError` and caches nothing."""
+        if not _SHA3_384_RE.fullmatch(sha3_384) or size < 0 or urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError(f"fetch_sha3_384 needs an http(s) URL, 96 lowercase hex digits and a size: {url!r}")
+        link = self._cache_dir / "sha3-384" / sha3_384[:2] / sha3_384
+        with self._lock_for("sha3-384:" + sha3_384):
+            found = self._sha3_cached(link, size)
+            if found is not None:
+                return found
+            partial = self._partial_dir / f"sha3-384-{sha3_384}"
+            failures = 0
+            restarted = False
+            with self._reporter.task("download", size, "B") as advance:
+                progress = _Progress(advance)
+                while True:
+                    try:
+                        sha256 = self._sha3_attempt(url, sha3_384, size, partial, progress)
+                        break
+                    except UpstreamDigestError:
+                        partial.unlink(missing_ok=True)
+                        raise
+                    except _Restart as exc:
+                        partial.unlink(missing_ok=True)
+                        cause, delay = exc.cause, 0.0
+                        if not restarted:
+                            restarted = True
+                            continue
+                    except _Retryable as exc:
+                        cause, delay = exc.cause, self._delay(failures, exc.retry_after)
+                    failures += 1
+                    if failures > self._retries:
+                        raise self._exhausted(url, failures, cause)
+                    time.sleep(delay)
+            final = self._commit(partial, sha256)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            tmp = link.with_name(link.name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            os.symlink(os.path.relpath(final, link.parent), tmp)
+            os.replace(tmp, link)
+            return StoreFile(final, sha256, size)
+
+    def _sha3_cached(self, link: Path, size: int) -> StoreFile | None:
+        try:
+            target = link.resolve(strict=True)
+            actual = target.stat().st_size
+        except (FileNotFoundError, RuntimeError):
+            link.unlink(missing_ok=True)
+            return None
+        if actual != size or not _SHA256_RE.fullmatch(target.name):
+            link.unlink(missing_ok=True)
+            return None
+        return StoreFile(target, target.name, size)
+
+    def _sha3_attempt(self, url: str, sha3_384: str, size: int, partial: Path, progress: _Progress) -> str:
+        """One request for a sha3-384-addressed file; returns its sha256 once complete and right."""
+        sha3, sha2 = hashlib.sha3_384(), hashlib.sha256()
+        offset = 0
+        if partial.exists():
+            if partial.stat().st_size > size:
+                partial.unlink()
+            else:
+                with open(partial, "rb") as f:
+                    while chunk := f.read(CHUNK_SIZE):
+                        sha3.update(chunk)
+                        sha2.update(chunk)
+                        offset += len(chunk)
+        progress.to(offset)
+        if offset < size or size == 0:
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            with self._get(url, headers) as resp:
+                if resp.status_code == 416 and offset:
+                    raise _Restart(f"the server refused to resume at byte {offset} (HTTP 416)")
+                self._check_status(url, resp, (200, 206))
+                if resp.status_code == 206:
+                    start, total = _content_range(resp) if offset else (-1, None)
+                    if start != offset:
+                        raise _Restart(f"the server resumed at byte {start}, not {offset}")
+                    if total is not None and total != size:
+                        raise self._size_mismatch(Want(url, "0" * 64, size), total)
+                    mode = "ab"
+                else:
+                    if offset:
+                        sha3, sha2, offset = hashlib.sha3_384(), hashlib.sha256(), 0
+                    length = _content_length(resp)
+                    if length is not None and length != size:
+                        raise self._size_mismatch(Want(url, "0" * 64, size), length)
+                    mode = "wb"
+                position = offset
+                with open(partial, mode) as out:
+                    try:
+                        for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
+                            position += len(chunk)
+                            if position > size:
+                                raise self._size_mismatch(Want(url, "0" * 64, size), f"more than {size}")
+                            sha3.update(chunk)
+                            sha2.update(chunk)
+                            out.write(chunk)
+                            progress.to(position)
+                    except _NETWORK_ERRORS as exc:
+                        raise _Retryable(f"the connection broke after {position} bytes ({exc})") from exc
+                    finally:
+                        out.flush()
+                        os.fsync(out.fileno())
+            if position < size:
+                raise _Retryable(f"the connection closed after {position} of {size} bytes")
+        elif not partial.exists():
+            partial.touch()
+        if sha3.hexdigest() != sha3_384:
+            raise UpstreamDigestError(
+                f"{url} does not match its declared sha3-384: expected {sha3_384}, got {sha3.hexdigest()}",
+                remedy="the store's file changed or is corrupt, or a proxy altered it; re-run the export "
+                "(the store is asked again). Nothing was cached.",
+            )
+        return sha2.hexdigest()
+
+    def _request_once(self, method: str, url: str, headers: dict[str, str], json_body: object, max_size: int) -> Answer:
+        try:
+            resp = self._session.request(
+                method, url, headers=headers, json=json_body, stream=True, timeout=self._timeout
+            )
+        except _REQUEST_FATAL as exc:
+            raise FetchError(f"could not request {url}: {exc}", remedy="check the store URL") from exc
+        except _NETWORK_ERRORS as exc:
+            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        with resp:
+            code = resp.status_code
+            if code in (408, 429) or 500 <= code <= 599:
+                raise _Retryable(f"the server answered HTTP {code} {resp.reason or ''}".rstrip(), _retry_after(resp))
+            body = bytearray()
+            try:
+                for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=True):
+                    if len(body) + len(chunk) > max_size:
+                        raise _too_big(url, max_size, "more")
+                    body += chunk
+            except _NETWORK_ERRORS as exc:
+                raise _Retryable(f"the connection broke after {len(body)} bytes ({exc})") from exc
+            return Answer(code, dict(resp.headers), bytes(body))
 
     def close(self) -> None:
         """Release the network connections."""

@@ -39,7 +39,7 @@ from bundler.format.signing import load_trust
 from bundler.format.state import StateStore
 from bundler.hashing import sha256_file
 from bundler.kinds import get_kind, require_known
-from bundler.kinds.base import Change, PublishReport, Target, TargetContext
+from bundler.kinds.base import Change, PublishReport, Target, TargetContext, check_before_publish
 from bundler.media import OpenedBundle, open_bundle, read_capped
 from bundler.model import Entry, FileRecord
 from bundler.staging import Staging
@@ -132,15 +132,20 @@ def import_bundle(opts: ImportOptions, reporter: Reporter | None = None) -> Impo
         staging.create()
         _verify_staged(m, staging, rep)
         staged = _gather(m, previous, staging, targets, rep)
-        reports = []
-        for kind in kinds:
-            change = Change(
+        changes = {
+            kind: Change(
                 entries=tuple(e for e in m.entries if e.kind == kind),
                 previous=tuple(e for e in (previous.entries if previous else ()) if e.kind == kind),
                 staged=staged,
             )
+            for kind in kinds
+        }
+        for kind in kinds:  # every kind's own checks before any kind publishes
+            check_before_publish(targets[kind], changes[kind])
+        reports = []
+        for kind in kinds:
             with rep.task(f"publish {kind}", None, unit="step"):
-                reports.append(targets[kind].publish(change))
+                reports.append(targets[kind].publish(changes[kind]))
         state.record(
             _manifest_bytes(bundle),
             m,

@@ -33,6 +33,7 @@ from tests.fakes.apt_archive import build_archive, serve_archive  # noqa: E402  
 from tests.fakes.apt_client import IsolatedApt  # noqa: E402
 from tests.fakes.gpg import GpgHome  # noqa: E402
 from tests.fakes.http_server import serve_directory  # noqa: E402
+from tests.fakes.snap_store import demo_store, serve_snap_store  # noqa: E402
 
 
 def stream(seed: str, size: int, text: bool) -> bytes:
@@ -81,6 +82,8 @@ def main() -> None:
         BUNDLER_DEMO_APT_KEYRING=str(archive.keyring),
         BUNDLER_DEMO_APT_FINGERPRINT=apt_fpr,
     )
+    snap_srv = stack.enter_context(serve_snap_store(demo_store(WORK / "snap-store")))
+    os.environ["BUNDLER_DEMO_SNAP_STORE"] = snap_srv.url
     handler = partial(SimpleHTTPRequestHandler, directory=str(upstream))
     SimpleHTTPRequestHandler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -130,11 +133,31 @@ def main() -> None:
         if (files_root / rel).read_bytes() != data:
             sys.exit(f"demo: {rel} did not arrive intact")
     debs = show_apt_fetch(WORK / "enclave")
+    snaps = show_snap_install(WORK / "enclave")
     print(
         f"\ndemo OK: exported, carried on {len(list((WORK / 'media').iterdir()))} volumes, verified and "
-        f"imported; {len(expected)} files arrived byte for byte and apt-get fetched {debs} package(s) "
-        "from the enclave repository"
+        f"imported; {len(expected)} files arrived byte for byte, apt-get fetched {debs} package(s) "
+        f"from the enclave repository, and the offline snap repository installs {snaps} snap(s)"
     )
+
+
+def show_snap_install(enclave: Path) -> int:
+    """What the offline snap repository's install.sh would run on a machine without the store
+    (SNAP=echo prints the snap commands instead of running them)."""
+    repo = enclave / "snap" / "repo"
+    print(f"\n$ SNAP=echo {repo.relative_to(ROOT)}/install.sh --arch amd64")
+    out = subprocess.run(
+        [str(repo / "install.sh"), "--arch", "amd64"],
+        env=dict(os.environ, SNAP="echo"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    print("".join(f"  {line}\n" for line in out.splitlines()), end="")
+    installs = [line for line in out.splitlines() if " install " in f" {line} "]
+    if not any("maas" in line for line in installs):
+        sys.exit("demo: the offline snap repository does not install maas")
+    return len(installs)
 
 
 def show_apt_fetch(enclave: Path) -> int:

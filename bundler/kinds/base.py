@@ -81,6 +81,15 @@ class Target(Protocol):
         """Make ``change.entries`` the published state. Idempotent: twice equals once."""
 
 
+def check_before_publish(target: Target, change: Change) -> None:
+    """Run a target's optional ``check(change)``: the kind's own verification of the staged,
+    verified files (upstream signatures, its own digests), which the importer runs for every
+    kind before the first kind publishes, so one kind's refusal publishes nothing at all."""
+    check = getattr(target, "check", None)
+    if check is not None:
+        check(change)
+
+
 @dataclass(frozen=True)
 class Kind:
     name: str

@@ -169,7 +169,9 @@ def test_keys_generate_never_writes_private_keys_into_keys_dir(tmp_path: Path) -
     assert {k["type"] for k in listing} == {"public (trusted)", "private"}
     assert len({k["keyid"] for k in listing}) == 1  # the pair shares one key id
     # Any directory that already holds public keys is refused as a private-key home, whatever its name.
-    r = run_cli("keys", "generate", "y", "--private-dir", tmp_path / "keys", "--public-dir", tmp_path / "pub2", check=12)
+    r = run_cli(
+        "keys", "generate", "y", "--private-dir", tmp_path / "keys", "--public-dir", tmp_path / "pub2", check=12
+    )
     assert "public-key directory" in r.stderr
 
 
@@ -259,3 +261,26 @@ def test_chunks_of_another_volume_copied_into_a_volume_dir_are_used_or_named(ws:
     r = ws.import_(merged, check=3)
     assert "staged volume(s) [1, 2]" in r.stdout
     assert f"holds 1 of the {len(chunk_files(vols[2]))} chunks of volume 3" in r.stderr
+
+
+def test_an_entry_declared_twice_identically_is_carried_once(ws: Workspace, tmp_path: Path) -> None:
+    """Two sections may pull in the same dependency (snapd for two snaps): identical
+    declarations merge; the same entry with other content is a carry-spec error."""
+    (ws.src / "a.txt").write_text("a\n")
+    same = f'[[files]]\nname = "tree"\npath = "data"\nsource = "{ws.src}"\n'
+    info = ws.export_json(ws.write_spec(same + same), tmp_path / "b1")
+    assert info["entries"] == 1 and info["files"] == 1
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("b\n")
+    clash = same + f'[[files]]\nname = "tree"\npath = "data"\nsource = "{other}"\n'
+    r = ws.export(ws.write_spec(clash), tmp_path / "b2", check=10)
+    assert "files entry 'tree' (all) is named twice" in r.stderr
+
+
+def test_target_option_must_be_key_value(ws: Workspace, tmp_path: Path) -> None:
+    (ws.src / "a.txt").write_text("a\n")
+    ws.export(ws.tree_spec(), tmp_path / "b1")
+    r = ws.import_(tmp_path / "b1", check=11, extra=("-o", "snap_target"))
+    assert "'snap_target' is not KEY=VALUE" in r.stderr
+    assert not ws.enclave.exists() or not (ws.enclave / "files").exists()

@@ -92,9 +92,7 @@ def declare(section: Mapping[str, Any], ctx: SourceContext) -> Iterator[Declared
     yield Declared(kind="files", name=name, version=version, arch="all", artifacts=tuple(artifacts))
 
 
-def _local(
-    src: Path, dest: str, expected: str | None, advance: Callable[[int], None], cache: DigestCache
-) -> Artifact:
+def _local(src: Path, dest: str, expected: str | None, advance: Callable[[int], None], cache: DigestCache) -> Artifact:
     st = os.stat(src)
     key: StatKey | None = stat_key(st)
     assert key is not None

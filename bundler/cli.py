@@ -256,7 +256,7 @@ def import_cmd(
             "-o",
             metavar="KEY=VALUE",
             help="A setting for one kind's target, repeatable (docs/FORMAT.md section 13), e.g. "
-            "snap_target=proxy, snap_proxy_command=snap-proxy, mirror_url=http://maas-mirror/images.",
+            "snap_target=proxy, snap_proxy_command=snap-proxy, maas_mirror_url=http://mirror.site/maas-images.",
         ),
     ] = None,
     as_json: JsonOpt = False,

@@ -33,6 +33,8 @@ from tests.fakes.apt_archive import build_archive, serve_archive  # noqa: E402  
 from tests.fakes.apt_client import IsolatedApt  # noqa: E402
 from tests.fakes.gpg import GpgHome  # noqa: E402
 from tests.fakes.http_server import serve_directory  # noqa: E402
+from tests.fakes.maas_reader import MaasReader, Selection  # noqa: E402
+from tests.fakes.simplestreams import generate_stream  # noqa: E402
 from tests.fakes.snap_store import demo_store, serve_snap_store  # noqa: E402
 
 
@@ -72,6 +74,7 @@ def main() -> None:
         for rel, data in files.items():
             (base / rel).parent.mkdir(parents=True, exist_ok=True)
             (base / rel).write_bytes(data)
+    generate_stream(upstream)  # a signed MAAS image stream; keyring in .demo/upstream-keyring.gpg
     stack = ExitStack()
     apt_gpg = stack.enter_context(GpgHome())
     apt_fpr = apt_gpg.generate("Demo Archive Signing Key <archive@demo.invalid>")
@@ -134,11 +137,33 @@ def main() -> None:
             sys.exit(f"demo: {rel} did not arrive intact")
     debs = show_apt_fetch(WORK / "enclave")
     snaps = show_snap_install(WORK / "enclave")
+    images = show_image_mirror(WORK / "enclave")
     print(
         f"\ndemo OK: exported, carried on {len(list((WORK / 'media').iterdir()))} volumes, verified and "
         f"imported; {len(expected)} files arrived byte for byte, apt-get fetched {debs} package(s) "
-        f"from the enclave repository, and the offline snap repository installs {snaps} snap(s)"
+        f"from the enclave repository, a MAAS-like reader selects {images} boot image product(s) from the "
+        f"enclave mirror, and the offline snap repository installs {snaps} snap(s)"
     )
+
+
+def show_image_mirror(enclave: Path) -> int:
+    """Read the enclave's image mirror over HTTP the way MAAS does (tests/fakes/maas_reader.py):
+    gpgv on every .sjson with the mirror's keyring, index -> products -> items, every item's
+    sha256 and size, then the products a boot-source selection of noble/amd64 syncs."""
+    prefix = "ephemeral-v3/stable"
+    mirror = enclave / "maas-images"
+    keyring = mirror / prefix / "keyring.gpg"
+    with serve_directory(mirror) as srv:
+        url = srv.url(prefix) + "/"
+        print(f"\n$ (MAAS-like reader) boot source {url} keyring_filename={keyring.relative_to(ROOT)}")
+        reader = MaasReader(url, keyring)
+        view = reader.read()
+        chosen = reader.sync([Selection("ubuntu", "noble", ["amd64"])])
+    for product, versions in sorted(view.versions().items()):
+        print(f"  {product}: {', '.join(versions)}{'  <- selected' if product in chosen else ''}")
+    if not chosen:
+        sys.exit("demo: the MAAS-like reader selected nothing from the enclave mirror")
+    return len(chosen)
 
 
 def show_snap_install(enclave: Path) -> int:

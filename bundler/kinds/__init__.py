@@ -9,9 +9,10 @@ from bundler.errors import SpecError, UnsupportedFormatError
 from bundler.kinds.base import Kind, TargetContext
 from bundler.kinds.deb import KIND as DEB
 from bundler.kinds.files import KIND as FILES
+from bundler.kinds.maas_image import KIND as MAAS_IMAGE
 from bundler.kinds.snap import KIND as SNAP
 
-REGISTRY: dict[str, Kind] = {k.name: k for k in (FILES, DEB, SNAP)}
+REGISTRY: dict[str, Kind] = {k.name: k for k in (FILES, DEB, MAAS_IMAGE, SNAP)}
 
 
 def init_enclave(enclave: Path) -> dict[str, str]:

@@ -94,3 +94,22 @@ def ensure_enclave_key(enclave: Path) -> EnclaveKey:
             binary.write_bytes(gpg(h, "--export", fpr))
             armored.write_bytes(gpg(h, "--armor", "--export", fpr))
     return EnclaveKey(fingerprint=fpr, binary=binary, armored=armored)
+
+
+def clearsign_many(enclave: Path, documents: list[bytes]) -> list[bytes]:
+    """Clearsign each of ``documents`` with the enclave key (SHA512), in one gpg session.
+
+    Creates the key on first use, like :func:`ensure_enclave_key`. Used for regenerated
+    simplestreams (``.sjson``) that MAAS verifies with ``enclave-key.gpg``.
+    """
+    key = ensure_enclave_key(enclave)
+    with short_home(signing_dir(enclave) / "gnupg") as h:
+        return [
+            gpg(h, "--local-user", f"{key.fingerprint}!", "--digest-algo", "SHA512", "--clearsign", input=doc)
+            for doc in documents
+        ]
+
+
+def clearsign(enclave: Path, data: bytes) -> bytes:
+    """Clearsign ``data`` with the enclave key; see :func:`clearsign_many`."""
+    return clearsign_many(enclave, [data])[0]

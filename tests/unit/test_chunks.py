@@ -75,7 +75,7 @@ def test_volumes_account_for_media_clusters(tmp_path: Path) -> None:
     """On the media every file takes whole clusters and every directory one: a volume's
     allocated size, so counted, stays within its capacity."""
     capacity, cluster = 1024 * 1024, 64 * 1024
-    vs, ids = write(tmp_path, os.urandom(3_000_000), chunk=200 * 1024, capacity=capacity, cluster=cluster)
+    vs, _ids = write(tmp_path, os.urandom(3_000_000), chunk=200 * 1024, capacity=capacity, cluster=cluster)
     for n in range(1, vs.index + 1):
         recs = [r for r in vs.records.values() if r.volume == n]
         allocated = cluster * (1 + len({r.id[:2] for r in recs})) + sum(-(-r.size // cluster) * cluster for r in recs)

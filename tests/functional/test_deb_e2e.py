@@ -151,3 +151,77 @@ def test_tampered_pool_file_on_the_media_names_the_package(
     r = ws.import_(tmp_path / "b1", check=22)
     assert "deb ubuntu/noble/cowsay-lite" in r.stderr
     assert snapshot(ws.enclave / "deb") == before
+
+
+def test_every_maas_pocket_and_component_exists_signed_and_phasing_is_stripped(
+    upstream: tuple[Archive, FakeServer, GpgHome], tmp_path: Path
+) -> None:
+    archive, srv, _g = upstream
+    upstream_index = (archive.index_dir("noble-updates", "main", "amd64") / "Packages").read_text()
+    assert "Phased-Update-Percentage: 50" in upstream_index  # upstream phases hello 2.10-3ubuntu2
+    ws = Workspace(tmp_path / "ws")
+    ws.export(deb_spec(ws, archive, srv, ["hello"]), tmp_path / "b1")  # carries noble and noble-updates only
+    ws.import_(tmp_path / "b1")
+    repo = ws.enclave / "deb" / "repo"
+    key = ws.enclave / "signing" / "enclave-key.gpg"
+    for pocket in ("noble", "noble-updates", "noble-security", "noble-backports"):
+        dist = repo / "dists" / pocket
+        check = subprocess.run(["gpgv", "--keyring", str(key), str(dist / "InRelease")], capture_output=True)
+        assert check.returncode == 0, check.stderr
+        release = (dist / "Release").read_text()
+        assert "Origin: Ubuntu\n" in release and "Label: Ubuntu\n" in release and "Valid-Until" not in release
+        for comp in ("main", "restricted", "universe", "multiverse"):
+            for arch in ("amd64", "arm64"):
+                assert (dist / comp / f"binary-{arch}" / "Packages.xz").is_file(), (pocket, comp, arch)
+            assert (dist / comp / "source" / "Sources.gz").is_file()  # MAAS also writes deb-src lines
+            assert f" {comp}/source/Sources.gz\n" in release
+    enclave_index = (repo / "dists/noble-updates/main/binary-amd64/Packages").read_text()
+    assert "Package: hello\n" in enclave_index and "Version: 2.10-3ubuntu2\n" in enclave_index
+    assert "Phased-Update-Percentage" not in enclave_index
+    assert (repo / "dists/noble-security/main/binary-amd64/Packages").read_text() == ""  # empty, but there
+
+
+def test_release_signed_by_a_subkey_of_the_pinned_key(
+    upstream: tuple[Archive, FakeServer, GpgHome], tmp_path: Path
+) -> None:
+    """Debian and Ubuntu sign with subkeys: the pin names the primary key, and both gpgv on the
+    connected side and reprepro's VerifyRelease in the enclave must accept its subkeys."""
+    archive, srv, g = upstream
+    g.run("--passphrase", "", "--quick-add-key", archive.fingerprint, "ed25519", "sign", "never")
+    listing = g.run("--with-colons", "--list-keys", archive.fingerprint).decode()
+    fprs = [line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:")]
+    subkey = fprs[-1]
+    assert len(fprs) == 2 and subkey != archive.fingerprint
+    g.export_binary(archive.fingerprint, archive.keyring)  # the keyring now holds the subkey too
+    for suite in SUITES:
+        archive.resign_inrelease(suite, g, subkey)
+    ws = Workspace(tmp_path / "ws")
+    ws.export(deb_spec(ws, archive, srv, ["hello"]), tmp_path / "b1")  # gpgv accepted the subkey
+    ws.import_(tmp_path / "b1")  # and so did reprepro
+    conf = (ws.enclave / "deb/repo/conf/updates").read_text()
+    assert f"VerifyRelease: {archive.fingerprint[-16:]}+\n" in conf
+    signed = subprocess.run(
+        ["gpgv", "--status-fd", "1", "--keyring", str(archive.keyring), str(archive.dist("noble") / "InRelease")],
+        capture_output=True,
+        text=True,
+    )
+    assert f"VALIDSIG {subkey}" in signed.stdout  # really signed by the subkey
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "append bytes"])
+def test_export_refuses_a_deb_that_differs_from_its_index(
+    upstream: tuple[Archive, FakeServer, GpgHome], tmp_path: Path, damage: str
+) -> None:
+    archive, srv, _g = upstream
+    pkg = archive.get("libgreet1", "noble-updates", "amd64")
+    pool_file = archive.root / pkg.filename
+    if damage == "flip a byte":
+        archive.tamper_deb("libgreet1", "noble-updates", "amd64")
+        assert pool_file.stat().st_size == pkg.size  # same size, other sha256
+    else:
+        with open(pool_file, "ab") as fh:
+            fh.write(b"trailing bytes")
+    ws = Workspace(tmp_path / "ws")
+    r = ws.export(deb_spec(ws, archive, srv, ["hello"]), tmp_path / "b1", check=32)
+    assert "libgreet1_1.2-1ubuntu0.1_amd64.deb" in r.stderr
+    assert not (tmp_path / "b1").exists() or not any((tmp_path / "b1").iterdir())  # no bundle written

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.apt_archive import Archive, PackageSpec, build_archive, serve_archive
+from tests.fakes.apt_archive import Archive, ArchiveSpec, PackageSpec, build_archive, serve_archive
 from tests.fakes.apt_client import AptError, IsolatedApt
 from tests.fakes.gpg import GpgHome, daemon_pids
 from tests.fakes.http_server import FakeServer
@@ -354,3 +354,27 @@ def test_gpg_home_kills_its_agent_and_removes_itself() -> None:
         assert daemon_pids(path)  # the agent is running now
     assert not path.exists()
     assert daemon_pids(path) == []
+
+
+def test_fast_debs_are_real_debs_that_apt_installs(gpg: GpgHome, fpr: str, tmp_path: Path) -> None:
+    specs = (
+        PackageSpec("fast-a", "1:1.0-1", "noble", depends="fast-b"),
+        PackageSpec("fast-b", "2.0", "noble", architecture="all", source="fastsrc"),
+    )
+    spec = ArchiveSpec(
+        suites=("noble",), components=("main",), architectures=("amd64",), packages=specs, fast_debs=True
+    )
+    archive = build_archive(tmp_path / "fast", gpg, fpr, spec)
+    deb = archive.root / archive.get("fast-a", "noble", "amd64").filename
+    fields = subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Package", "Version", "Architecture", "Depends"], capture_output=True, text=True
+    )
+    assert fields.returncode == 0, fields.stderr
+    assert fields.stdout == "Package: fast-a\nVersion: 1:1.0-1\nArchitecture: amd64\nDepends: fast-b\n"
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True).stdout
+    assert "./usr/share/doc/fast-a/README" in listing
+    with serve_archive(archive) as srv:
+        client = IsolatedApt(tmp_path / "apt", [archive.apt_source(srv.base_url)])
+        client.update()
+        got = client.download(["fast-a"])
+    assert sorted(sha256(p) for p in got) == sorted(p.sha256 for p in archive.packages)

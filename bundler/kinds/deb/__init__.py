@@ -20,7 +20,28 @@ Package entries, one per binary package selected from a suite:
     files: "<archive>/<Filename from the index>" (pool/<comp>/<prefix>/<source>/<file>.deb)
     with the index's SHA256 and Size.
 
-``<archive>`` is the ``name`` of the carry-spec section (``ubuntu``, ``ubuntu-ports``...).
+Loose entries, one per local .deb file of a section with ``debs``/``debs_dir`` (no
+upstream index; :mod:`bundler.kinds.deb.loose`):
+    kind "deb", name "<archive>/<suite>/<package>", version and arch from the deb's control
+    file (``dpkg-deb -f``), metadata {"role": "loose", "archive", "suite", "component",
+    "package", "source", "section", "priority" ("" when the control file has none),
+    "filename"}
+    files: "<archive>/<filename>", filename = the pool path reprepro gives it,
+    "pool/<component>/<prefix>/<source>/<package>_<version without epoch>_<arch>.deb",
+    with the file's own SHA256 and size. ``suite`` is the enclave distribution (codename)
+    and ``component`` the component they go into.
+
+``<archive>`` is the ``name`` of the carry-spec section (``ubuntu``, ``ubuntu-ports``...);
+every file of an entry lies under ``<archive>/`` (index files under
+``<archive>/dists/<suite>/`` or ``<archive>/keyring.gpg``, debs under ``<archive>/pool/``),
+and the target refuses anything else.
+
+Enclave side (:mod:`bundler.kinds.deb.target`): index and package entries go in with one
+``reprepro update`` (reprepro re-checks the upstream signature and every checksum); loose
+entries with exactly one ``reprepro -C <component> includedeb <codename> <files...>`` per
+(distribution, component); then one ``export``, a check that every carried package is
+listed at its version, and on any failure a rollback to the repository as it was.
+Full description: docs/FORMAT.md section 13.2 (deb).
 """
 
 from collections.abc import Mapping

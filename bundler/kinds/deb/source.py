@@ -17,6 +17,9 @@ Carry spec section ``[[deb]]``::
 Default ``url``: amd64/i386 -> http://archive.ubuntu.com/ubuntu, anything else ->
 http://ports.ubuntu.com/ubuntu-ports; a mix of both needs two sections.
 
+A section with ``debs`` or ``debs_dir`` instead names local .deb files (no archive, no
+index): see :mod:`bundler.kinds.deb.loose`.
+
 What :func:`declare` does (every download through ``ctx.fetcher``):
 
 1. per suite, fetch ``dists/<suite>/InRelease`` (else ``Release`` + ``Release.gpg``), check it
@@ -60,7 +63,11 @@ from bundler.errors import (
 from bundler.fetch import Want
 from bundler.hashing import sha256_file
 from bundler.kinds.base import SourceContext
+from bundler.kinds.deb import names
 from bundler.kinds.deb.deb822 import StanzaError, open_index, select_stanzas
+from bundler.kinds.deb.loose import check_section as check_loose_section
+from bundler.kinds.deb.loose import declare as declare_loose
+from bundler.kinds.deb.loose import is_loose
 from bundler.kinds.deb.release import HashEntry, Release, ReleaseError, parse_release
 from bundler.kinds.deb.resolve import AptResolver, Selected, write_status
 from bundler.model import Artifact, Declared
@@ -95,18 +102,11 @@ _KEYS = {
     "closure",
     "installed",
 }
-_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
-_SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_COMPONENT = re.compile(r"[a-z0-9][a-z0-9._-]*")
-_ARCH = re.compile(r"[a-z0-9][a-z0-9-]*")
-_PKG = r"[a-z0-9][a-z0-9+.-]*"
-_VERSION = r"[A-Za-z0-9.+~:-]+"
+_NAME, _SUITE, _COMPONENT, _ARCH = names.NAME, names.SUITE, names.COMPONENT, names.ARCH
 _PACKAGE = re.compile(
-    rf"(?P<name>{_PKG})(?::(?P<arch>[a-z0-9-]+))?(?:=(?P<version>{_VERSION})|/(?P<suite>[A-Za-z0-9._-]+))?"
+    rf"(?P<name>{names.PKG})(?::(?P<arch>[a-z0-9-]+))?(?:=(?P<version>{names.VERSION})|/(?P<suite>[A-Za-z0-9._-]+))?"
 )
-_PKG_RE = re.compile(_PKG)
-_VERSION_RE = re.compile(_VERSION)
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+_PKG_RE, _VERSION_RE, _HEX64 = names.PKG_RE, names.VERSION_RE, names.HEX64
 
 
 # --- carry spec ---------------------------------------------------------------------------
@@ -132,7 +132,11 @@ def _check_names(values: list[str], pattern: re.Pattern[str], key: str, where: s
 
 
 def check_section(section: Mapping[str, Any], where: str) -> Mapping[str, Any]:
-    """Validate one ``[[deb]]`` table and return it with every default filled in."""
+    """Validate one ``[[deb]]`` table and return it with every default filled in.
+
+    A table with ``debs`` or ``debs_dir`` names loose .deb files (:mod:`bundler.kinds.deb.loose`)."""
+    if is_loose(section):
+        return check_loose_section(section, where)
     unknown = set(section) - _KEYS
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}", remedy=f"allowed: {sorted(_KEYS)}")
@@ -686,5 +690,9 @@ def _local(path: str, local: Path) -> Artifact:
 
 
 def declare(section: Mapping[str, Any], ctx: SourceContext) -> Iterator[Declared]:
-    """Declare the index and package entries of one checked ``[[deb]]`` section."""
+    """Declare the index and package entries of one checked ``[[deb]]`` section (or the entries of
+    its loose .deb files)."""
+    if is_loose(section):
+        yield from declare_loose(section, ctx)
+        return
     yield from _Exporter(section, ctx).run()

@@ -1,5 +1,5 @@
 """The ``maas_image`` kind: MAAS boot images from a signed simplestreams source into a local
-mirror that MAAS uses as its boot source (docs/kinds/maas_image.md).
+mirror that MAAS uses as its boot source (docs/FORMAT.md section 13.3).
 
 Carry spec section ``[[maas_image]]``::
 
@@ -35,7 +35,7 @@ Image entries, one per selected (product, version):
 
 The manifest lists the full resulting state: the ``keep`` newest selected versions per
 product that the *current* signed upstream lists. A version upstream no longer lists leaves
-the mirror with the next bundle (see docs/kinds/maas_image.md, "Keeping versions").
+the mirror with the next bundle (see docs/FORMAT.md section 13.3, "Keeping versions").
 """
 
 from bundler.kinds.base import Kind

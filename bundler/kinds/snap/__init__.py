@@ -18,7 +18,7 @@ Carry spec (store-admin mode)::
     [[snap]]
     store_admin_exports = ["exports/"]   # <snap>-<YYYYMMDDTHHMMSS>.tar.gz files or directories of them
 
-Contract between the source and the target (docs/kinds/snap.md):
+Contract between the source and the target (docs/FORMAT.md section 13.4):
 
 Store snap entries, one per (snap, channel, architecture):
     kind "snap", name "<snap>/<track>/<risk>", version = the store revision (string),

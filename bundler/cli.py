@@ -231,6 +231,17 @@ def inspect_cmd(
     emit_lines(lines)
 
 
+#: Per kind and direction, the summary lists this many names; --json lists all.
+SUMMARY_NAMES = 20
+
+
+def _some(sign: str, names: tuple[str, ...]) -> list[str]:
+    shown = [f"    {sign} {n}" for n in names[:SUMMARY_NAMES]]
+    if len(names) > SUMMARY_NAMES:
+        shown.append(f"    {sign} ... and {len(names) - SUMMARY_NAMES} more (--json lists them all)")
+    return shown
+
+
 def _key_values(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
@@ -291,7 +302,7 @@ def import_cmd(
                 f"  {rep_.kind}: {len(rep_.added)} added/updated, {len(rep_.removed)} removed, "
                 f"{rep_.unchanged} unchanged"
             )
-            lines += [f"    + {a}" for a in rep_.added] + [f"    - {x}" for x in rep_.removed]
+            lines += _some("+", rep_.added) + _some("-", rep_.removed)
             lines += [f"    {n}" for n in rep_.notes]
         emit_lines(lines)
     if r.status == "incomplete":

@@ -37,13 +37,18 @@ later run finds it (and its sha256) without network access or re-hashing.
 over the same session, retrying network failures, 408, 429 and 5xx, and returns every
 other answer (2xx-4xx) for the caller to interpret.
 
+The cache is not fsynced (measured: 2,000 small .debs took 23 s of wall time for 3.5 s of
+CPU with a file and a directory fsync each). A power cut can therefore leave a short or
+damaged cache file: a size that differs from the declared one is fetched again, and the
+exporter hashes every downloaded file again while compressing it, refusing one whose
+sha256 changed (with "delete it from the cache") before anything is signed.
+
 Only one process is expected to use a cache directory at a time (the state lock
 guarantees that); threads within one process are coordinated here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -457,7 +462,6 @@ class Fetcher:
                         raise _Retryable(f"the connection broke after {position} bytes ({exc})") from exc
                     finally:
                         out.flush()
-                        os.fsync(out.fileno())
             if position < size:
                 raise _Retryable(f"the connection closed after {position} of {size} bytes")
         elif not partial.exists():
@@ -627,7 +631,6 @@ class Fetcher:
                     raise _Retryable(f"the connection broke after {position} bytes ({exc})") from exc
                 finally:
                     out.flush()
-                    os.fsync(out.fileno())
 
         if want.size is not None and position < want.size:
             raise _Retryable(f"the connection closed after {position} of {want.size} bytes")
@@ -666,10 +669,7 @@ class Fetcher:
     def _commit(self, partial: Path, sha256: str) -> Path:
         final = self._final_path(sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "rb") as f:
-            os.fsync(f.fileno())
         os.replace(partial, final)
-        _fsync_dir(final.parent)
         return final
 
     def _size_mismatch(self, want: Want, got: int | str) -> UpstreamDigestError:
@@ -773,12 +773,3 @@ def _too_big(url: str, max_size: int, got: str) -> UpstreamDigestError:
         remedy="check that the URL points at the metadata expected there and not at something "
         "else (a captive portal or proxy page, a wrong path)",
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with contextlib.suppress(OSError):  # some file systems refuse fsync on directories
-            os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -2,8 +2,8 @@
 
 ``<enclave>/staging/<manifest digest>/``
     ``files/<sha256>``   a carried file being rebuilt (sparse until all its chunks are in)
-    ``done``             one chunk id per line, appended (and fsynced) after the chunk's
-                         bytes are written and fsynced: a crash never marks a chunk done early
+    ``done``             one chunk id per line, appended (and fsynced) in batches after the
+                         batch's bytes reached the disk: a crash never marks a chunk done early
     ``verified``         sha256 of each staged file that matched its digest (appended likewise)
 
 Staging is not published content: the targets take files from here only after the
@@ -13,9 +13,25 @@ whole bundle is staged and verified.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 from pathlib import Path
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def sync_filesystem(path: Path) -> None:
+    """syncfs(2) on the file system holding ``path`` (only it, unlike sync(2)); sync(2) where
+    syncfs is unavailable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syncfs = getattr(_libc, "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 class Staging:
@@ -39,12 +55,21 @@ class Staging:
             return set()
         return set(lines)
 
-    def mark_done(self, chunk_id: str) -> None:
-        self._append("done", chunk_id)
+    def commit(self, done: list[str], verified: list[str]) -> None:
+        """Record a batch: first every staged byte written so far reaches the disk (one syncfs
+        of the staging file system), then the chunk ids and verified files, one write and one
+        fsync per log. A crash before this leaves them unrecorded, never recorded early."""
+        if not done and not verified:
+            return
+        sync_filesystem(self.root)
+        if done:
+            self._append("done", *done)
+        if verified:
+            self._append("verified", *verified)
 
-    def _append(self, log: str, line: str) -> None:
+    def _append(self, log: str, *lines: str) -> None:
         with open(self.root / log, "a") as fh:
-            fh.write(line + "\n")
+            fh.write("".join(line + "\n" for line in lines))
             fh.flush()
             os.fsync(fh.fileno())
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from bundler.errors import UnsafeMediaError, UnsupportedFormatError
@@ -62,10 +63,22 @@ class Manifest:
     # -- derived views -------------------------------------------------------------
 
     def chunk_map(self) -> dict[str, ChunkRecord]:
+        """Chunk id -> record; built once (callers look chunks up thousands of times)."""
+        return self._chunk_index
+
+    @cached_property
+    def _chunk_index(self) -> dict[str, ChunkRecord]:
         return {c.id: c for c in self.chunks}
 
     def chunks_on(self, volume: int) -> list[ChunkRecord]:
-        return [c for c in self.chunks if c.volume == volume]
+        return self._by_volume.get(volume, [])
+
+    @cached_property
+    def _by_volume(self) -> dict[int, list[ChunkRecord]]:
+        out: dict[int, list[ChunkRecord]] = {}
+        for c in self.chunks:
+            out.setdefault(c.volume, []).append(c)
+        return out
 
     def carried_files(self) -> Iterator[tuple[Entry, FileRecord]]:
         for entry in self.entries:

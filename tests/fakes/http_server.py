@@ -195,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body leave in separate writes: with Nagle's algorithm and the client's
         # delayed ACK, every keep-alive response after the first waited 40 ms (measured).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     timeout = 30  # an idle kept-alive connection gives up eventually
     server: _Server
     _pause = 0.0

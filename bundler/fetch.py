@@ -487,15 +487,7 @@ class Fetcher:
             code = resp.status_code
             if code in (408, 429) or 500 <= code <= 599:
                 raise _Retryable(f"the server answered HTTP {code} {resp.reason or ''}".rstrip(), _retry_after(resp))
-            body = bytearray()
-            try:
-                for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=True):
-                    if len(body) + len(chunk) > max_size:
-                        raise _too_big(url, max_size, "more")
-                    body += chunk
-            except _NETWORK_ERRORS as exc:
-                raise _Retryable(f"the connection broke after {len(body)} bytes ({exc})") from exc
-            return Answer(code, dict(resp.headers), bytes(body))
+            return Answer(code, dict(resp.headers), _read_capped(resp, url, max_size, decode=True))
 
     def close(self) -> None:
         """Release the network connections."""
@@ -716,15 +708,7 @@ class Fetcher:
             length = _content_length(resp)
             if length is not None and length > max_size:
                 raise _too_big(url, max_size, f"{length} bytes")
-            body = bytearray()
-            try:
-                for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
-                    if len(body) + len(chunk) > max_size:
-                        raise _too_big(url, max_size, "more")
-                    body += chunk
-            except _NETWORK_ERRORS as exc:
-                raise _Retryable(f"the connection broke after {len(body)} bytes ({exc})") from exc
-            return bytes(body)
+            return _read_capped(resp, url, max_size, decode=False)
 
     def _delay(self, failures: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -765,6 +749,19 @@ def _content_range(resp: requests.Response) -> tuple[int, int | None]:
         raise _Restart(f"the server sent an unusable Content-Range {value!r}")
     total = match.group(3)
     return int(match.group(1)), None if total == "*" else int(total)
+
+
+def _read_capped(resp: requests.Response, url: str, max_size: int, *, decode: bool) -> bytes:
+    """A small body, refused as soon as it passes ``max_size``; a broken stream is retryable."""
+    body = bytearray()
+    try:
+        for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=decode):
+            if len(body) + len(chunk) > max_size:
+                raise _too_big(url, max_size, "more")
+            body += chunk
+    except _NETWORK_ERRORS as exc:
+        raise _Retryable(f"the connection broke after {len(body)} bytes ({exc})") from exc
+    return bytes(body)
 
 
 def _too_big(url: str, max_size: int, got: str) -> UpstreamDigestError:

@@ -19,6 +19,7 @@ from bundler.errors import StateCorruptError, StateLockedError
 from bundler.format.layout import SERIES_RE
 from bundler.format.manifest import Manifest, canonical_json, manifest_digest
 from bundler.format.trust import SeriesState
+from bundler.fsio import fsync_dir
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -36,14 +37,6 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StateStore:

@@ -28,6 +28,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from bundler.fsio import fsync_dir
+
 SAVED = ("conf", "db", "dists")
 _MARKER = "COMPLETE"
 _LISTING = "paths.json"
@@ -58,7 +60,7 @@ class RepoSnapshot:
         _fsync_tree(self.store)
         marker = self.store / _MARKER
         marker.write_text("")
-        _fsync_dir(self.store)
+        fsync_dir(self.store)
 
     def complete(self) -> bool:
         return (self.store / _MARKER).is_file()
@@ -130,12 +132,4 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(Path(dirpath))

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bundler.errors import PreflightError, PublishError
+from bundler.fsio import fsync_dir, prune_empty
 from bundler.kinds.base import Change, PublishReport, TargetContext
 from bundler.model import Entry, FileRecord
 from bundler.paths import resolve_inside
@@ -71,10 +72,10 @@ class FilesTarget:
             dest = resolve_inside(self.root, rel, what="files")
             dest.unlink(missing_ok=True)
             touched.add(dest.parent)
-            _prune_empty(dest.parent, self.root)
+            prune_empty(dest.parent, self.root)
         for d in sorted(touched):  # the renames and unlinks survive a power cut once reported done
             if d.is_dir():
-                _fsync_dir(d)
+                fsync_dir(d)
         return PublishReport(
             kind="files",
             added=tuple(f"{e.name} {e.version}" for e in change.added()),
@@ -96,22 +97,3 @@ def _install(src: Path, dest: Path) -> None:
             os.fsync(fh.fileno())
     os.chmod(tmp, 0o644)
     os.replace(tmp, dest)
-
-
-def _prune_empty(d: Path, root: Path) -> None:
-    root = root.resolve()
-    d = d.resolve()
-    while d != root and d.is_relative_to(root):
-        try:
-            d.rmdir()
-        except OSError:
-            return
-        d = d.parent
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

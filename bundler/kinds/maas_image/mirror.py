@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["Transaction", "prune_empty", "same_content"]
+__all__ = ["Transaction", "same_content"]
 
 
 def same_content(path: Path, data: bytes) -> bool:
@@ -119,15 +119,3 @@ class Transaction:
         shutil.rmtree(self.scratch, ignore_errors=True)
         self._done.clear()
         self._created.clear()
-
-
-def prune_empty(d: Path, root: Path) -> None:
-    """Remove ``d`` and its parents while they are empty, up to (not including) ``root``."""
-    root = root.resolve()
-    d = d.resolve()
-    while d != root and d.is_relative_to(root):
-        try:
-            d.rmdir()
-        except OSError:
-            return
-        d = d.parent

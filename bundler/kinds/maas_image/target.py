@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from bundler.errors import PreflightError, PublishError, UpstreamSignatureError
+from bundler.fsio import prune_empty
 from bundler.hashing import sha256_file
 from bundler.kinds.base import Change, PublishReport, TargetContext
 from bundler.kinds.maas_image.handoff import MIRROR_KEYRING, handoff
-from bundler.kinds.maas_image.mirror import Transaction, prune_empty
+from bundler.kinds.maas_image.mirror import Transaction
 from bundler.kinds.maas_image.regenerate import Held, build_index, build_products, maas_problems
 from bundler.kinds.maas_image.source import INDEX_PATH, KEYRING_NAME
 from bundler.kinds.maas_image.stream import (

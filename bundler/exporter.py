@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from bundler.format.layout import (
 from bundler.format.manifest import SCHEMA_VERSION, BaseRef, Manifest, canonical_json, manifest_digest
 from bundler.format.signing import load_signing_key, sign
 from bundler.format.state import StateStore, atomic_write
+from bundler.fsio import sync_filesystem
 from bundler.kinds import REGISTRY
 from bundler.kinds.base import SourceContext
 from bundler.model import Artifact, Declared, Entry, FileRecord
@@ -123,7 +123,7 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
                 chunk_ids = write_many(todo, chunk_size=chunk_size, volumes=volumes, advance=advance)
             # Chunks reach the media before the manifest that names them: a bundle whose
             # manifest is present is complete even if the host crashes right after.
-            os.sync()
+            sync_filesystem(opts.out)
             entries = tuple(_entry(d, sizes, chunk_ids) for d in declared)
             base = None if base_manifest is None or last is None else BaseRef(last.sequence, last.digest)
             manifest = Manifest(

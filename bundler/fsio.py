@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from pathlib import Path
 
@@ -25,3 +27,18 @@ def prune_empty(d: Path, root: Path) -> None:
         except OSError:
             return
         d = d.parent
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def sync_filesystem(path: Path) -> None:
+    """syncfs(2) on the file system holding ``path`` (only it, unlike sync(2)); sync(2) where
+    syncfs is unavailable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syncfs = getattr(_libc, "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)

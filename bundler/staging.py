@@ -13,25 +13,11 @@ whole bundle is staged and verified.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import shutil
 from pathlib import Path
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def sync_filesystem(path: Path) -> None:
-    """syncfs(2) on the file system holding ``path`` (only it, unlike sync(2)); sync(2) where
-    syncfs is unavailable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        syncfs = getattr(_libc, "syncfs", None)
-        if syncfs is None or syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
+from bundler.fsio import sync_filesystem
 
 
 class Staging:

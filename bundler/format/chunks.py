@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import shutil
 import stat
 import threading
 from collections import deque
@@ -274,10 +275,13 @@ def write_file_chunks(
     return tuple(ids)
 
 
-#: Files up to this size are compressed whole, one per worker thread, several at a time: zstd
-#: runs a frame smaller than its job size on one thread, so without this a tree of small files
-#: would keep one core busy (measured: 0.42x tar|zstd on a 512 MiB mixed tree with 2 cores).
-SMALL_FILE = 4 * 1024 * 1024
+#: Files up to this size are compressed whole into one frame, one file per worker thread,
+#: several files at a time, streamed through a temporary file: zstd spreads one frame over
+#: its threads only in 1 MiB jobs and drains at every file's end, so a tree of small and
+#: middle-sized files kept one core busy (measured with 2 cores on a mixed 512 MiB tree:
+#: 0.42x tar|zstd one file at a time).
+POOL_FILE = 64 * 1024 * 1024
+TMP_DIR = ".bundler-tmp"
 
 
 @dataclass(frozen=True)
@@ -300,98 +304,133 @@ def write_many(
 ) -> dict[str, tuple[str, ...]]:
     """Store every file in order (volumes fill in declaration order); return sha256 -> chunk ids.
 
-    Small files are read, checked and compressed by a pool of ``workers`` threads (zstd and
-    hashlib release the GIL) while this thread places finished chunks on the volumes in order;
-    large files go through :func:`write_file_chunks` (multi-threaded zstd inside one frame).
-    At most ``2 * workers`` small files are in flight: memory stays bounded by
-    ``2 * workers * SMALL_FILE`` whatever the tree.
+    Files up to :data:`POOL_FILE` are read, checked and compressed (single-threaded zstd, one
+    frame) by a pool of ``workers`` threads (zstd and hashlib release the GIL) into temporary
+    files under ``<out>/.bundler-tmp``, while this thread places finished chunks on the volumes
+    in order; larger files go through :func:`write_file_chunks` (multi-threaded zstd). At most
+    ``2 * workers`` files are in flight, each streamed in 1 MiB blocks: memory stays bounded
+    whatever the tree.
     """
-    small_cap = min(SMALL_FILE, max_raw_for(chunk_size))
+    pool_cap = min(POOL_FILE, max_raw_for(chunk_size))
     if volumes.capacity is not None:
-        small_cap = min(small_cap, max_raw_for(volumes.capacity - 3 * volumes.cluster))
+        pool_cap = min(pool_cap, max_raw_for(volumes.capacity - 3 * volumes.cluster))
     out: dict[str, tuple[str, ...]] = {}
     local = threading.local()
+    tmp_dir = volumes.out / TMP_DIR
+    tmp_dir.mkdir(parents=True, exist_ok=True)
 
-    def compress(f: FileToStore) -> tuple[bytes, str]:
+    # On a single unbounded volume, where a chunk goes does not depend on order: workers put
+    # their chunks in place themselves (content-addressed names; an identical chunk renamed
+    # twice is the same file), and this thread only records them.
+    direct_dir = volumes.current_dir() if volumes.capacity is None else None
+
+    def compress(f: FileToStore) -> tuple[Path, str, int]:
         cctx = getattr(local, "cctx", None)
         if cctx is None:
             cctx = local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
-        with open(f.src, "rb") as fh:
+        tmp = tmp_dir / f.sha256
+        raw_hash, out_hash = hashlib.sha256(), hashlib.sha256()
+        stored = seen = 0
+        with open(f.src, "rb") as fh, open(tmp, "wb") as dst:
             unchanged = f.hashed_as is not None and stat_key(os.fstat(fh.fileno())) == f.hashed_as
-            raw = fh.read(f.size + 1)
-        _check_whole(f, raw, hash_again=not unchanged)
-        data = cctx.compress(raw)
-        return data, hashlib.sha256(data).hexdigest()
+            comp = cctx.compressobj(size=f.size)
+            while block := fh.read(min(BLOCK, f.size + 1 - seen)):
+                seen += len(block)
+                if seen > f.size:
+                    break
+                if not unchanged:
+                    raw_hash.update(block)
+                data = comp.compress(block)
+                out_hash.update(data)
+                dst.write(data)
+                stored += len(data)
+            if seen == f.size:
+                data = comp.flush()
+                out_hash.update(data)
+                dst.write(data)
+                stored += len(data)
+        if seen != f.size:
+            raise UpstreamDigestError(
+                f"{f.src} is {'longer' if seen > f.size else 'shorter'} than the {f.size} bytes it was declared with",
+                remedy="the file changed after it was collected: run the export again",
+            )
+        got = f.sha256 if unchanged else raw_hash.hexdigest()
+        if got != f.sha256:
+            raise UpstreamDigestError(
+                f"{f.src} has sha256 {got}, but it was declared as {f.sha256}",
+                remedy="the file changed after it was collected (or the download cache is damaged): "
+                "delete it from the cache and export again",
+            )
+        chunk_id = out_hash.hexdigest()
+        if direct_dir is not None:
+            final = direct_dir / chunk_relpath(chunk_id)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+            return final, chunk_id, stored
+        return tmp, chunk_id, stored
 
-    window: deque[tuple[FileToStore, Future[tuple[bytes, str]] | None]] = deque()
+    window: deque[tuple[FileToStore, Future[tuple[Path, str, int]] | None]] = deque()
     todo = iter(files)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="zstd") as pool:
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="zstd") as pool:
 
-        def refill() -> None:
-            while len(window) < 2 * max(1, workers):
-                f = next(todo, None)
-                if f is None:
-                    return
-                small = 0 < f.size <= small_cap
-                window.append((f, pool.submit(compress, f) if small else None))
+            def refill() -> None:
+                while len(window) < 2 * max(1, workers):
+                    f = next(todo, None)
+                    if f is None:
+                        return
+                    pooled = 0 < f.size <= pool_cap
+                    window.append((f, pool.submit(compress, f) if pooled else None))
 
-        refill()
-        try:
-            while window:
-                f, fut = window.popleft()
-                if fut is None:
-                    out[f.sha256] = (
-                        write_file_chunks(
-                            f.src,
-                            sha256=f.sha256,
-                            size=f.size,
-                            chunk_size=chunk_size,
-                            volumes=volumes,
-                            advance=advance,
-                            hashed_as=f.hashed_as,
+            refill()
+            try:
+                while window:
+                    f, fut = window.popleft()
+                    if fut is None:
+                        out[f.sha256] = (
+                            write_file_chunks(
+                                f.src,
+                                sha256=f.sha256,
+                                size=f.size,
+                                chunk_size=chunk_size,
+                                volumes=volumes,
+                                advance=advance,
+                                hashed_as=f.hashed_as,
+                            )
+                            if f.size > 0
+                            else ()
                         )
-                        if f.size > 0
-                        else ()
-                    )
-                else:
-                    data, chunk_id = fut.result()
-                    out[f.sha256] = (_store_whole(data, chunk_id, f.size, volumes),)
-                    advance(f.size)
-                refill()
-        finally:
-            for _f, fut in window:
-                if fut is not None:
-                    fut.cancel()
+                    else:
+                        path, chunk_id, stored = fut.result()
+                        if direct_dir is not None:
+                            _record_placed(chunk_id, stored, f.size, volumes)
+                        else:
+                            _store_whole(path, chunk_id, stored, f.size, volumes)
+                        out[f.sha256] = (chunk_id,)
+                        advance(f.size)
+                    refill()
+            finally:
+                for _f, fut in window:
+                    if fut is not None:
+                        fut.cancel()
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return out
 
 
-def _check_whole(f: FileToStore, raw: bytes, *, hash_again: bool) -> None:
-    if len(raw) != f.size:
-        raise UpstreamDigestError(
-            f"{f.src} is {'longer' if len(raw) > f.size else 'shorter'} than the {f.size} bytes it was declared with",
-            remedy="the file changed after it was collected: run the export again",
-        )
-    got = hashlib.sha256(raw).hexdigest() if hash_again else f.sha256
-    if got != f.sha256:
-        raise UpstreamDigestError(
-            f"{f.src} has sha256 {got}, but it was declared as {f.sha256}",
-            remedy="the file changed after it was collected (or the download cache is damaged): "
-            "delete it from the cache and export again",
-        )
+def _record_placed(chunk_id: str, stored: int, raw: int, volumes: VolumeSet) -> None:
+    if chunk_id not in volumes.records:
+        volumes.charge(chunk_id, stored)
+        volumes.records[chunk_id] = ChunkRecord(id=chunk_id, size=stored, raw_size=raw, volume=volumes.index)
 
 
-def _store_whole(data: bytes, chunk_id: str, raw: int, volumes: VolumeSet) -> str:
-    """Place one already-compressed whole-file chunk: on this volume if it fits, else the next."""
-    if chunk_id in volumes.records:
-        return chunk_id
-    room = volumes.room()
-    if room is not None and len(data) > room:
-        volumes.next_volume()
-    vol_dir = volumes.current_dir()
-    tmp = vol_dir / CHUNKS_DIR / f".tmp-{os.getpid()}-{threading.get_ident()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    return _place_chunk(tmp, chunk_id, len(data), raw, volumes)
+def _store_whole(tmp: Path, chunk_id: str, stored: int, raw: int, volumes: VolumeSet) -> str:
+    """Place one compressed whole-file chunk: on this volume if it fits, else on the next."""
+    if chunk_id not in volumes.records:
+        room = volumes.room()
+        if room is not None and stored > room:
+            volumes.next_volume()
+    return _place_chunk(tmp, chunk_id, stored, raw, volumes)
 
 
 def _next_segment(remaining: int, chunk_size: int, volumes: VolumeSet) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import zstandard
 
 from bundler.errors import DigestError, UpstreamDigestError, UsageError
 from bundler.format.chunks import (
+    POOL_FILE,
     FileToStore,
     VolumeSet,
     max_raw_for,
@@ -140,7 +142,7 @@ def test_write_many_hashes_again_a_file_changed_since_it_was_hashed(tmp_path: Pa
 
 def test_write_many_keeps_order_and_dedupes_across_small_and_large(tmp_path: Path) -> None:
     files = []
-    blobs = [os.urandom(1000), b"z" * 5_000_000, os.urandom(70_000), b""]
+    blobs = [os.urandom(1000), b"z" * (POOL_FILE + 5_000_000), os.urandom(70_000), b"", b"z" * 5_000_000]
     for i, blob in enumerate(blobs):
         p = tmp_path / f"f{i}"
         p.write_bytes(blob)
@@ -150,4 +152,22 @@ def test_write_many_keeps_order_and_dedupes_across_small_and_large(tmp_path: Pat
     for f, blob in zip(files, blobs, strict=True):
         assert rebuild(vs, ids[f.sha256]) == blob
     assert ids[files[3].sha256] == ()
-    assert len(ids[files[1].sha256]) == 5  # 5 MB of one byte in 1 MiB pieces, each a separate frame
+    assert len(ids[files[1].sha256]) == math.ceil(len(blobs[1]) / max_raw_for(1 << 20))  # streamed in pieces
+    assert len(ids[files[4].sha256]) == 5  # over the chunk size: streamed in pieces too
+    assert len(ids[files[0].sha256]) == len(ids[files[2].sha256]) == 1  # pooled: one whole-file frame
+    assert not (tmp_path / "out" / ".bundler-tmp").exists()
+
+
+def test_write_many_fills_volumes_in_declaration_order(tmp_path: Path) -> None:
+    blobs = [os.urandom(300_000) for _ in range(8)]
+    files = []
+    for i, blob in enumerate(blobs):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(blob)
+        files.append(FileToStore(p, hashlib.sha256(blob).hexdigest(), len(blob)))
+    vs = VolumeSet(tmp_path / "out", 1024 * 1024, cluster=4096, used=4096)
+    ids = write_many(files, chunk_size=1 << 20, volumes=vs)
+    placed = [vs.records[ids[f.sha256][0]].volume for f in files]
+    assert placed == sorted(placed) and placed[-1] >= 3  # in order, three per volume
+    for f, blob in zip(files, blobs, strict=True):
+        assert rebuild(vs, ids[f.sha256]) == blob

@@ -29,7 +29,7 @@ from bundler.format.state import StateStore, atomic_write
 from bundler.fsio import sync_filesystem
 from bundler.kinds import REGISTRY
 from bundler.kinds.base import SourceContext
-from bundler.model import Artifact, Declared, Entry, FileRecord
+from bundler.model import Artifact, Declared, Entry, FileRecord, content_version
 from bundler.plan import carry_plan
 from bundler.spec import load_spec
 
@@ -88,8 +88,10 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
         work = opts.state_dir / "work"
         work.mkdir(parents=True, exist_ok=True)
         with Fetcher(opts.cache_dir, reporter=rep) as fetcher:
-            ctx = SourceContext(fetcher=fetcher, spec_dir=spec.directory, work_dir=work, reporter=rep)
-            declared = _declare_all(spec.sections, ctx)
+            ctx = SourceContext(
+                fetcher=fetcher, spec_dir=spec.directory, work_dir=work, reporter=rep, hash_later=base_manifest is None
+            )
+            declared = _placeholders(_declare_all(spec.sections, ctx))
             plan = carry_plan(declared, base_manifest)
             wants = [Want(a.url or "", a.sha256, a.size if a.size >= 0 else None) for a in plan.to_fetch]
             fetched = fetcher.fetch_many(wants) if wants else {}
@@ -109,18 +111,21 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
                 )
         volumes = VolumeSet(opts.out, capacity)
         volumes.current_dir()
-        chunk_ids: dict[str, tuple[str, ...]] = {}
         recorded = False
         try:
             total = sum(sizes[s] for s in plan.carry)
             hashed = {a.sha256: a.hashed_as for d in declared for a in d.artifacts if a.hashed_as is not None}
             todo = []
-            for sha in plan.carry:
-                path = local[sha]
+            for name in plan.carry:
+                path = local[name]
                 assert path is not None
-                todo.append(FileToStore(src=path, sha256=sha, size=sizes[sha], hashed_as=hashed.get(sha)))
+                sha = None if name.startswith(_PENDING) else name
+                todo.append(FileToStore(key=name, src=path, sha256=sha, size=sizes[name], hashed_as=hashed.get(name)))
             with rep.task("compress", total) as advance:
-                chunk_ids = write_many(todo, chunk_size=chunk_size, volumes=volumes, advance=advance)
+                stored = write_many(todo, chunk_size=chunk_size, volumes=volumes, advance=advance)
+            chunk_ids = {st.sha256: st.chunks for st in stored.values()}
+            declared = _resolved(declared, {k: st.sha256 for k, st in stored.items() if k.startswith(_PENDING)})
+            sizes.update({stored[k].sha256: n for k, n in sizes.items() if k.startswith(_PENDING)})
             # Chunks reach the media before the manifest that names them: a bundle whose
             # manifest is present is complete even if the host crashes right after.
             sync_filesystem(opts.out)
@@ -221,10 +226,41 @@ def _declare_all(sections: Iterable[tuple[str, dict[str, object]]], ctx: SourceC
     return declared
 
 
+#: Stands in for a digest the exporter computes while compressing (never reaches a manifest).
+_PENDING = "pending:"
+
+
+def _placeholders(declared: list[Declared]) -> list[Declared]:
+    """Give every local artifact declared without a digest a unique placeholder key."""
+    n = 0
+
+    def key(a: Artifact) -> Artifact:
+        nonlocal n
+        if a.sha256:
+            return a
+        if a.local is None:
+            raise SpecError(f"{a.path}: an artifact without a sha256 must be a local file")
+        n += 1
+        return replace(a, sha256=f"{_PENDING}{n:056d}")  # as long as a digest: _reserve counts it
+
+    return [replace(d, artifacts=tuple(key(a) for a in d.artifacts)) for d in declared]
+
+
+def _resolved(declared: list[Declared], digests: dict[str, str]) -> list[Declared]:
+    """Put the digests computed while compressing in place of their placeholders, and give
+    entries declared with version "" their content version."""
+    out = []
+    for d in declared:
+        arts = tuple(replace(a, sha256=digests[a.sha256]) if a.sha256 in digests else a for a in d.artifacts)
+        version = d.version or content_version((a.path, a.sha256) for a in arts)
+        out.append(replace(d, artifacts=arts, version=version))
+    return out
+
+
 def _same_thing(a: Declared, b: Declared) -> bool:
     """Two declarations of one entry that agree on version and every file (path, sha256)."""
-    return a.version == b.version and [(x.path, x.sha256) for x in a.artifacts] == [
-        (x.path, x.sha256) for x in b.artifacts
+    return a.version == b.version and [(x.path, x.sha256, x.url, x.local) for x in a.artifacts] == [
+        (x.path, x.sha256, x.url, x.local) for x in b.artifacts
     ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ class Artifact:
     """
 
     path: str
+    #: "" only for a ``local`` file whose digest the exporter computes while compressing it
+    #: (allowed when ``SourceContext.hash_later``: a full export, where nothing can be skipped).
     sha256: str
     size: int  # -1 when upstream does not say; the exporter measures it after download
     url: str | None = None
@@ -28,7 +32,11 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Declared:
-    """One entry a source declares: verified against upstream, ready to fetch."""
+    """One entry a source declares: verified against upstream, ready to fetch.
+
+    ``version`` "" asks the exporter for the content version (:func:`content_version`) once
+    every digest is known (see ``Artifact.sha256``).
+    """
 
     kind: str
     name: str
@@ -90,3 +98,12 @@ class Entry:
 
 def _content(files: tuple[FileRecord, ...]) -> tuple[tuple[str, str, int], ...]:
     return tuple((f.path, f.sha256, f.size) for f in files)
+
+
+def content_version(files: Iterable[tuple[str, str]]) -> str:
+    """A version derived from content: the first 16 hex digits of the sha256 over the sorted
+    lines ``<path>\0<sha256>\n`` of an entry's files."""
+    h = hashlib.sha256()
+    for path, sha in sorted(files):
+        h.update(f"{path}\0{sha}\n".encode())
+    return h.hexdigest()[:16]

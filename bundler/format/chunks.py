@@ -217,6 +217,23 @@ def write_file_chunks(
     could have changed in the download cache or on disk since it was declared), unless the
     file's stat key still equals ``hashed_as``, the key it had when hashed in this run.
     """
+    return _write_streamed(
+        src, sha256=sha256, size=size, chunk_size=chunk_size, volumes=volumes, advance=advance, hashed_as=hashed_as
+    )[1]
+
+
+def _write_streamed(
+    src: Path,
+    *,
+    sha256: str | None,
+    size: int,
+    chunk_size: int,
+    volumes: VolumeSet,
+    advance: Advance,
+    hashed_as: StatKey | None,
+) -> tuple[str, tuple[str, ...]]:
+    """:func:`write_file_chunks`, returning (sha256, chunk ids); ``sha256`` None: not known
+    yet, computed on the way (a digest deferred to compression, see FileToStore)."""
     if chunk_size < MIN_CHUNK_SIZE:
         raise UsageError(f"chunk size {chunk_size} is below the minimum {MIN_CHUNK_SIZE}")
     hasher = hashlib.sha256()
@@ -265,14 +282,14 @@ def write_file_chunks(
                 )
         finally:
             reader.close()
-    got = sha256 if unchanged else hasher.hexdigest()
-    if got != sha256:
+    got = sha256 if unchanged and sha256 is not None else hasher.hexdigest()
+    if sha256 is not None and got != sha256:
         raise UpstreamDigestError(
             f"{src} has sha256 {got}, but it was declared as {sha256}",
             remedy="the file changed after it was collected (or the download cache is damaged): "
             "delete it from the cache and export again",
         )
-    return tuple(ids)
+    return got, tuple(ids)
 
 
 #: Files up to this size are compressed whole into one frame, one file per worker thread,
@@ -286,12 +303,22 @@ TMP_DIR = ".bundler-tmp"
 
 @dataclass(frozen=True)
 class FileToStore:
+    """One file to store. ``key`` names it in the result; ``sha256`` is its declared digest,
+    or None when the digest is computed while compressing (a full export's local files)."""
+
+    key: str
     src: Path
-    sha256: str
+    sha256: str | None
     size: int
     #: The file's stat key when its sha256 was computed in this run (see bundler.hashing):
     #: if it still matches, the bytes are not hashed a second time while being compressed.
     hashed_as: StatKey | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    sha256: str
+    chunks: tuple[str, ...]
 
 
 def write_many(
@@ -301,8 +328,8 @@ def write_many(
     volumes: VolumeSet,
     advance: Advance = lambda n: None,
     workers: int = ZSTD_THREADS,
-) -> dict[str, tuple[str, ...]]:
-    """Store every file in order (volumes fill in declaration order); return sha256 -> chunk ids.
+) -> dict[str, Stored]:
+    """Store every file in order (volumes fill in declaration order); return key -> what was stored.
 
     Files up to :data:`POOL_FILE` are read, checked and compressed (single-threaded zstd, one
     frame) by a pool of ``workers`` threads (zstd and hashlib release the GIL) into temporary
@@ -314,7 +341,7 @@ def write_many(
     pool_cap = min(POOL_FILE, max_raw_for(chunk_size))
     if volumes.capacity is not None:
         pool_cap = min(pool_cap, max_raw_for(volumes.capacity - 3 * volumes.cluster))
-    out: dict[str, tuple[str, ...]] = {}
+    out: dict[str, Stored] = {}
     local = threading.local()
     tmp_dir = volumes.out / TMP_DIR
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -324,15 +351,17 @@ def write_many(
     # twice is the same file), and this thread only records them.
     direct_dir = volumes.current_dir() if volumes.capacity is None else None
 
-    def compress(f: FileToStore) -> tuple[Path, str, int]:
+    def compress(f: FileToStore) -> tuple[Path, str, int, str]:
         cctx = getattr(local, "cctx", None)
         if cctx is None:
             cctx = local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
-        tmp = tmp_dir / f.sha256
+        tmp = tmp_dir / hashlib.sha256(f.key.encode()).hexdigest()
         raw_hash, out_hash = hashlib.sha256(), hashlib.sha256()
         stored = seen = 0
         with open(f.src, "rb") as fh, open(tmp, "wb") as dst:
-            unchanged = f.hashed_as is not None and stat_key(os.fstat(fh.fileno())) == f.hashed_as
+            unchanged = (
+                f.sha256 is not None and f.hashed_as is not None and stat_key(os.fstat(fh.fileno())) == f.hashed_as
+            )
             comp = cctx.compressobj(size=f.size)
             while block := fh.read(min(BLOCK, f.size + 1 - seen)):
                 seen += len(block)
@@ -354,8 +383,8 @@ def write_many(
                 f"{f.src} is {'longer' if seen > f.size else 'shorter'} than the {f.size} bytes it was declared with",
                 remedy="the file changed after it was collected: run the export again",
             )
-        got = f.sha256 if unchanged else raw_hash.hexdigest()
-        if got != f.sha256:
+        got = f.sha256 if unchanged and f.sha256 is not None else raw_hash.hexdigest()
+        if f.sha256 is not None and got != f.sha256:
             raise UpstreamDigestError(
                 f"{f.src} has sha256 {got}, but it was declared as {f.sha256}",
                 remedy="the file changed after it was collected (or the download cache is damaged): "
@@ -366,10 +395,10 @@ def write_many(
             final = direct_dir / chunk_relpath(chunk_id)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
-            return final, chunk_id, stored
-        return tmp, chunk_id, stored
+            return final, chunk_id, stored, got
+        return tmp, chunk_id, stored, got
 
-    window: deque[tuple[FileToStore, Future[tuple[Path, str, int]] | None]] = deque()
+    window: deque[tuple[FileToStore, Future[tuple[Path, str, int, str]] | None]] = deque()
     todo = iter(files)
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="zstd") as pool:
@@ -387,26 +416,23 @@ def write_many(
                 while window:
                     f, fut = window.popleft()
                     if fut is None:
-                        out[f.sha256] = (
-                            write_file_chunks(
-                                f.src,
-                                sha256=f.sha256,
-                                size=f.size,
-                                chunk_size=chunk_size,
-                                volumes=volumes,
-                                advance=advance,
-                                hashed_as=f.hashed_as,
-                            )
-                            if f.size > 0
-                            else ()
+                        sha, ids = _write_streamed(
+                            f.src,
+                            sha256=f.sha256,
+                            size=f.size,
+                            chunk_size=chunk_size,
+                            volumes=volumes,
+                            advance=advance,
+                            hashed_as=f.hashed_as,
                         )
+                        out[f.key] = Stored(sha, ids)
                     else:
-                        path, chunk_id, stored = fut.result()
+                        path, chunk_id, stored, sha = fut.result()
                         if direct_dir is not None:
                             _record_placed(chunk_id, stored, f.size, volumes)
                         else:
                             _store_whole(path, chunk_id, stored, f.size, volumes)
-                        out[f.sha256] = (chunk_id,)
+                        out[f.key] = Stored(sha, (chunk_id,))
                         advance(f.size)
                     refill()
             finally:

@@ -25,6 +25,10 @@ class SourceContext:
     spec_dir: Path
     work_dir: Path
     reporter: Reporter = field(default_factory=NullReporter)
+    #: True for a full export (no base, so nothing can stay behind): a source may declare a
+    #: local file with sha256 "" (and its entry with version "") and let the exporter hash it
+    #: while compressing it, instead of reading it twice.
+    hash_later: bool = False
 
 
 @dataclass(frozen=True)

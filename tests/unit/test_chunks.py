@@ -132,12 +132,14 @@ def test_write_many_hashes_again_a_file_changed_since_it_was_hashed(tmp_path: Pa
     src.write_bytes(os.urandom(size))
     sha, n, key = sha256_file_keyed(src)
     assert key is not None and n == size
-    good = write_many([FileToStore(src, sha, size, key)], chunk_size=1 << 30, volumes=VolumeSet(tmp_path / "a", None))
-    assert len(good[sha]) >= 1
+    good = write_many(
+        [FileToStore("f", src, sha, size, key)], chunk_size=1 << 30, volumes=VolumeSet(tmp_path / "a", None)
+    )
+    assert good["f"].sha256 == sha and len(good["f"].chunks) >= 1
     src.write_bytes(os.urandom(size))  # same size, new content: the stat key (mtime/ctime) moves
     os.utime(src, ns=(key[3] + 10**9, key[3] + 10**9))
     with pytest.raises(UpstreamDigestError, match="declared as"):
-        write_many([FileToStore(src, sha, size, key)], chunk_size=1 << 30, volumes=VolumeSet(tmp_path / "b", None))
+        write_many([FileToStore("f", src, sha, size, key)], chunk_size=1 << 30, volumes=VolumeSet(tmp_path / "b", None))
 
 
 def test_write_many_keeps_order_and_dedupes_across_small_and_large(tmp_path: Path) -> None:
@@ -146,15 +148,15 @@ def test_write_many_keeps_order_and_dedupes_across_small_and_large(tmp_path: Pat
     for i, blob in enumerate(blobs):
         p = tmp_path / f"f{i}"
         p.write_bytes(blob)
-        files.append(FileToStore(p, hashlib.sha256(blob).hexdigest(), len(blob)))
+        files.append(FileToStore(p.name, p, hashlib.sha256(blob).hexdigest(), len(blob)))
     vs = VolumeSet(tmp_path / "out", None)
-    ids = write_many(files, chunk_size=1 << 20, volumes=vs)
+    ids = {k: st.chunks for k, st in write_many(files, chunk_size=1 << 20, volumes=vs).items()}
     for f, blob in zip(files, blobs, strict=True):
-        assert rebuild(vs, ids[f.sha256]) == blob
-    assert ids[files[3].sha256] == ()
-    assert len(ids[files[1].sha256]) == math.ceil(len(blobs[1]) / max_raw_for(1 << 20))  # streamed in pieces
-    assert len(ids[files[4].sha256]) == 5  # over the chunk size: streamed in pieces too
-    assert len(ids[files[0].sha256]) == len(ids[files[2].sha256]) == 1  # pooled: one whole-file frame
+        assert rebuild(vs, ids[f.key]) == blob
+    assert ids[files[3].key] == ()
+    assert len(ids[files[1].key]) == math.ceil(len(blobs[1]) / max_raw_for(1 << 20))  # streamed in pieces
+    assert len(ids[files[4].key]) == 5  # over the chunk size: streamed in pieces too
+    assert len(ids[files[0].key]) == len(ids[files[2].key]) == 1  # pooled: one whole-file frame
     assert not (tmp_path / "out" / ".bundler-tmp").exists()
 
 
@@ -164,10 +166,25 @@ def test_write_many_fills_volumes_in_declaration_order(tmp_path: Path) -> None:
     for i, blob in enumerate(blobs):
         p = tmp_path / f"f{i}"
         p.write_bytes(blob)
-        files.append(FileToStore(p, hashlib.sha256(blob).hexdigest(), len(blob)))
+        files.append(FileToStore(p.name, p, hashlib.sha256(blob).hexdigest(), len(blob)))
     vs = VolumeSet(tmp_path / "out", 1024 * 1024, cluster=4096, used=4096)
-    ids = write_many(files, chunk_size=1 << 20, volumes=vs)
-    placed = [vs.records[ids[f.sha256][0]].volume for f in files]
+    ids = {k: st.chunks for k, st in write_many(files, chunk_size=1 << 20, volumes=vs).items()}
+    placed = [vs.records[ids[f.key][0]].volume for f in files]
     assert placed == sorted(placed) and placed[-1] >= 3  # in order, three per volume
     for f, blob in zip(files, blobs, strict=True):
-        assert rebuild(vs, ids[f.sha256]) == blob
+        assert rebuild(vs, ids[f.key]) == blob
+
+
+@pytest.mark.parametrize("size", [70_000, POOL_FILE + 1])  # pooled and streamed
+def test_write_many_computes_a_deferred_digest(tmp_path: Path, size: int) -> None:
+    """A full export's local files are hashed while compressed (sha256 None): the digest
+    comes back with the chunks, and a declared one that does not match is still refused."""
+    blob = os.urandom(1000) * (size // 1000) + os.urandom(size % 1000)
+    src = tmp_path / "src"
+    src.write_bytes(blob)
+    vs = VolumeSet(tmp_path / "out", None)
+    got = write_many([FileToStore("x", src, None, size)], chunk_size=1 << 30, volumes=vs)["x"]
+    assert got.sha256 == hashlib.sha256(blob).hexdigest()
+    assert rebuild(vs, got.chunks) == blob
+    with pytest.raises(UpstreamDigestError, match="declared as"):
+        write_many([FileToStore("x", src, "0" * 64, size)], chunk_size=1 << 30, volumes=VolumeSet(tmp_path / "o", None))

@@ -18,7 +18,6 @@ Carry spec section ``[[files]]``::
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -31,7 +30,7 @@ from bundler.errors import SpecError, UpstreamDigestError
 from bundler.fetch import Want
 from bundler.hashing import DigestCache, StatKey, sha256_file_keyed, stat_key
 from bundler.kinds.base import SourceContext
-from bundler.model import Artifact, Declared
+from bundler.model import Artifact, Declared, content_version
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEYS = {"name", "path", "url", "source", "sha256", "size", "version"}
@@ -88,11 +87,15 @@ def declare(section: Mapping[str, Any], ctx: SourceContext) -> Iterator[Declared
             artifacts = _hash_all([(src, dest)], section.get("sha256"), ctx)
         else:
             raise SpecError(f"files {name}: source {src} does not exist")
-    version = section.get("version") or _content_version(artifacts)
+    version = section.get("version") or (
+        content_version((a.path, a.sha256) for a in artifacts) if all(a.sha256 for a in artifacts) else ""
+    )
     yield Declared(kind="files", name=name, version=version, arch="all", artifacts=tuple(artifacts))
 
 
-def _local(src: Path, dest: str, expected: str | None, advance: Callable[[int], None], cache: DigestCache) -> Artifact:
+def _local(
+    src: Path, dest: str, expected: str | None, advance: Callable[[int], None], cache: DigestCache, later: bool
+) -> Artifact:
     st = os.stat(src)
     key: StatKey | None = stat_key(st)
     assert key is not None
@@ -100,6 +103,9 @@ def _local(src: Path, dest: str, expected: str | None, advance: Callable[[int], 
     if known is not None:
         digest, size = known, st.st_size
         advance(size)
+    elif later:  # a full export: the exporter hashes it while compressing (and checks `expected`)
+        advance(st.st_size)
+        return Artifact(path=dest, sha256=expected or "", size=st.st_size, local=src)
     else:
         digest, size, key = sha256_file_keyed(src, advance)
         if key is not None:
@@ -126,7 +132,7 @@ def _hash_all(pairs: list[tuple[Path, str]], expected: str | None, ctx: SourceCo
 
         # hashlib releases the GIL: one thread per core hashes a tree that much faster.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            out = list(pool.map(lambda pd: _local(pd[0], pd[1], expected, locked, cache), pairs))
+            out = list(pool.map(lambda pd: _local(pd[0], pd[1], expected, locked, cache, ctx.hash_later), pairs))
     cache.save()
     return out
 
@@ -142,13 +148,6 @@ def _walk(root: Path, dest: str, ctx: SourceContext) -> list[tuple[Path, str]]:
                 continue
             pairs.append((p, f"{dest}/{p.relative_to(root).as_posix()}"))
     return pairs
-
-
-def _content_version(artifacts: list[Artifact]) -> str:
-    h = hashlib.sha256()
-    for a in sorted(artifacts, key=lambda a: a.path):
-        h.update(f"{a.path}\0{a.sha256}\n".encode())
-    return h.hexdigest()[:16]
 
 
 __all__ = ["Want", "check_section", "declare"]

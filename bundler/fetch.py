@@ -54,7 +54,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -428,40 +428,15 @@ class Fetcher:
                         offset += len(chunk)
         progress.to(offset)
         if offset < size or size == 0:
-            headers = {"Range": f"bytes={offset}-"} if offset else {}
-            with self._get(url, headers) as resp:
-                if resp.status_code == 416 and offset:
-                    raise _Restart(f"the server refused to resume at byte {offset} (HTTP 416)")
-                self._check_status(url, resp, (200, 206))
-                if resp.status_code == 206:
-                    start, total = _content_range(resp) if offset else (-1, None)
-                    if start != offset:
-                        raise _Restart(f"the server resumed at byte {start}, not {offset}")
-                    if total is not None and total != size:
-                        raise self._size_mismatch(Want(url, "0" * 64, size), total)
-                    mode = "ab"
-                else:
-                    if offset:
-                        sha3, sha2, offset = hashlib.sha3_384(), hashlib.sha256(), 0
-                    length = _content_length(resp)
-                    if length is not None and length != size:
-                        raise self._size_mismatch(Want(url, "0" * 64, size), length)
-                    mode = "wb"
-                position = offset
-                with open(partial, mode) as out:
-                    try:
-                        for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
-                            position += len(chunk)
-                            if position > size:
-                                raise self._size_mismatch(Want(url, "0" * 64, size), f"more than {size}")
-                            sha3.update(chunk)
-                            sha2.update(chunk)
-                            out.write(chunk)
-                            progress.to(position)
-                    except _NETWORK_ERRORS as exc:
-                        raise _Retryable(f"the connection broke after {position} bytes ({exc})") from exc
-                    finally:
-                        out.flush()
+            (sha3, sha2), _start, position = self._receive(
+                url,
+                partial,
+                offset,
+                size,
+                lambda: [hashlib.sha3_384(), hashlib.sha256()],
+                [sha3, sha2],
+                progress,
+            )
             if position < size:
                 raise _Retryable(f"the connection closed after {position} of {size} bytes")
         elif not partial.exists():
@@ -565,6 +540,62 @@ class Fetcher:
                 elif cancel.wait(delay):
                     raise _Cancelled()
 
+    def _receive(
+        self,
+        url: str,
+        partial: Path,
+        offset: int,
+        size: int | None,
+        new_hashers: Callable[[], list[HASH]],
+        hashers: list[HASH],
+        progress: _Progress,
+        cancel: threading.Event | None = None,
+    ) -> tuple[list[HASH], int, int]:
+        """One GET of ``url`` from byte ``offset`` (a Range request when > 0) into ``partial``:
+        appended on 206, rewritten from zero on 200 (the server ignored Range; ``hashers`` are
+        replaced by ``new_hashers()``). Checks the announced and received sizes against
+        ``size``. Returns (hashers, offset the body started at, bytes in ``partial``)."""
+        mismatch = Want(url, "0" * 64, size)
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        with self._get(url, headers) as resp:
+            if resp.status_code == 416 and offset:
+                raise _Restart(f"the server refused to resume at byte {offset} (HTTP 416)")
+            self._check_status(url, resp, (200, 206))
+            if resp.status_code == 206:
+                if not offset:
+                    raise _Retryable("the server answered 206 to a request without Range")
+                start, total = _content_range(resp)
+                if start != offset:
+                    raise _Restart(f"the server resumed at byte {start}, not {offset}")
+                if total is not None and size is not None and total != size:
+                    raise self._size_mismatch(mismatch, total)
+                mode = "ab"
+            else:
+                if offset:  # Range ignored: the body starts at byte zero.
+                    hashers, offset = new_hashers(), 0
+                length = _content_length(resp)
+                if length is not None and size is not None and length != size:
+                    raise self._size_mismatch(mismatch, length)
+                mode = "wb"
+            position = offset
+            with open(partial, mode) as out:
+                try:
+                    for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
+                        if cancel is not None and cancel.is_set():
+                            raise _Cancelled()
+                        position += len(chunk)
+                        if size is not None and position > size:
+                            raise self._size_mismatch(mismatch, f"more than {size}")
+                        for h in hashers:
+                            h.update(chunk)
+                        out.write(chunk)
+                        progress.to(position)
+                except _NETWORK_ERRORS as exc:
+                    raise _Retryable(f"the connection broke after {position} bytes ({exc})") from exc
+                finally:
+                    out.flush()
+        return hashers, offset, position
+
     def _attempt(
         self,
         want: Want,
@@ -583,46 +614,10 @@ class Fetcher:
                 return self._commit(partial, want.sha256)
             raise _Restart("the partial file left by an earlier run has the wrong content")
 
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        with self._get(want.url, headers) as resp:
-            if resp.status_code == 416 and offset:
-                raise _Restart(f"the server refused to resume at byte {offset} (HTTP 416)")
-            self._check_status(want.url, resp, (200, 206))
-            if resp.status_code == 206:
-                if not offset:
-                    raise _Retryable("the server answered 206 to a request without Range")
-                start, total = _content_range(resp)
-                if start != offset:
-                    raise _Restart(f"the server resumed at byte {start}, not {offset}")
-                if total is not None and want.size is not None and total != want.size:
-                    raise self._size_mismatch(want, total)
-                mode = "ab"
-            else:
-                if offset:  # Range ignored: the body starts at byte zero.
-                    hasher = hashlib.sha256()
-                    offset = 0
-                length = _content_length(resp)
-                if length is not None and want.size is not None and length != want.size:
-                    raise self._size_mismatch(want, length)
-                mode = "wb"
-            fresh = offset == 0  # the whole file comes from this one response
-
-            position = offset
-            with open(partial, mode) as out:
-                try:
-                    for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
-                        if cancel is not None and cancel.is_set():
-                            raise _Cancelled()
-                        position += len(chunk)
-                        if want.size is not None and position > want.size:
-                            raise self._size_mismatch(want, f"more than {want.size}")
-                        hasher.update(chunk)
-                        out.write(chunk)
-                        progress.to(position)
-                except _NETWORK_ERRORS as exc:
-                    raise _Retryable(f"the connection broke after {position} bytes ({exc})") from exc
-                finally:
-                    out.flush()
+        (hasher,), start, position = self._receive(
+            want.url, partial, offset, want.size, lambda: [hashlib.sha256()], [hasher], progress, cancel
+        )
+        fresh = start == 0  # the whole file comes from this one response
 
         if want.size is not None and position < want.size:
             raise _Retryable(f"the connection closed after {position} of {want.size} bytes")

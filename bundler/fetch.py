@@ -59,7 +59,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -97,6 +97,9 @@ _REQUEST_FATAL: Final = (
     requests.exceptions.InvalidHeader,
     requests.exceptions.TooManyRedirects,
 )
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -318,10 +321,23 @@ class Fetcher:
         """
         if max_size < 0:
             raise ValueError(f"max_size must not be negative, got {max_size}")
+        body = self._retrying(url, lambda: self._get_once(url, max_size, missing_ok=False))
+        assert body is not None
+        return body
+
+    def get_bytes_if_present(self, url: str, *, max_size: int) -> bytes | None:
+        """:meth:`get_bytes`, but None when the server answers 404 or 410 (an optional file,
+        such as ``InRelease`` where an archive offers only ``Release``)."""
+        if max_size < 0:
+            raise ValueError(f"max_size must not be negative, got {max_size}")
+        return self._retrying(url, lambda: self._get_once(url, max_size, missing_ok=True))
+
+    def _retrying(self, url: str, once: Callable[[], _T]) -> _T:
+        """Run one small request, retrying what is retryable with backoff."""
         failures = 0
         while True:
             try:
-                return self._get_once(url, max_size)
+                return once()
             except _Retryable as exc:
                 cause, delay = exc.cause, self._delay(failures, exc.retry_after)
             failures += 1
@@ -346,16 +362,7 @@ class Fetcher:
         (including 4xx) is returned, so the caller can read a JSON error body. A body above
         ``max_size`` is refused with :class:`~bundler.errors.UpstreamDigestError`.
         """
-        failures = 0
-        while True:
-            try:
-                return self._request_once(method, url, headers or {}, json_body, max_size)
-            except _Retryable as exc:
-                cause, delay = exc.cause, self._delay(failures, exc.retry_after)
-            failures += 1
-            if failures > self._retries:
-                raise self._exhausted(url, failures, cause)
-            time.sleep(delay)
+        return self._retrying(url, lambda: self._request_once(method, url, headers or {}, json_body, max_size))
 
     def fetch_sha3_384(self, url: str, sha3_384: str, size: int) -> StoreFile:
         """Download ``url``, which must have exactly ``size`` bytes and this (lowercase hex)
@@ -697,8 +704,10 @@ class Fetcher:
             remedy = "check the URL and the upstream server"
         raise FetchError(f"{url}: the server answered {answer}", remedy=remedy)
 
-    def _get_once(self, url: str, max_size: int) -> bytes:
+    def _get_once(self, url: str, max_size: int, *, missing_ok: bool) -> bytes | None:
         with self._get(url, {}) as resp:
+            if missing_ok and resp.status_code in (404, 410):
+                return None
             self._check_status(url, resp, (200,))
             length = _content_length(resp)
             if length is not None and length > max_size:

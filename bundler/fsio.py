@@ -7,6 +7,8 @@ import ctypes.util
 import os
 from pathlib import Path
 
+from bundler.errors import PreflightError
+
 
 def fsync_dir(path: Path) -> None:
     """Make the renames and unlinks inside ``path`` durable."""
@@ -15,6 +17,16 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def require_writable(root: Path, what: str) -> None:
+    """Raise PreflightError unless ``root``, or the nearest parent that exists, is writable
+    (a target creates its tree on first publish)."""
+    probe = root
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise PreflightError(f"{what}: {probe} is not writable", remedy="run the import as the owner of the enclave")
 
 
 def prune_empty(d: Path, root: Path) -> None:

@@ -201,39 +201,28 @@ class _HashingWriter:
             self._thread.join()
 
 
+@dataclass(frozen=True)
+class Stored:
+    sha256: str
+    chunks: tuple[str, ...]
+
+
 def write_file_chunks(
-    src: Path,
-    *,
-    sha256: str,
-    size: int,
-    chunk_size: int,
-    volumes: VolumeSet,
-    advance: Advance = lambda n: None,
-    hashed_as: StatKey | None = None,
-) -> tuple[str, ...]:
-    """Compress ``src`` into chunks on ``volumes``; return its ordered chunk ids.
-
-    The raw bytes are hashed on the way and must match ``sha256`` and ``size`` (the file
-    could have changed in the download cache or on disk since it was declared), unless the
-    file's stat key still equals ``hashed_as``, the key it had when hashed in this run.
-    """
-    return _write_streamed(
-        src, sha256=sha256, size=size, chunk_size=chunk_size, volumes=volumes, advance=advance, hashed_as=hashed_as
-    )[1]
-
-
-def _write_streamed(
     src: Path,
     *,
     sha256: str | None,
     size: int,
     chunk_size: int,
     volumes: VolumeSet,
-    advance: Advance,
-    hashed_as: StatKey | None,
-) -> tuple[str, tuple[str, ...]]:
-    """:func:`write_file_chunks`, returning (sha256, chunk ids); ``sha256`` None: not known
-    yet, computed on the way (a digest deferred to compression, see FileToStore)."""
+    advance: Advance = lambda n: None,
+    hashed_as: StatKey | None = None,
+) -> Stored:
+    """Compress ``src`` into chunks on ``volumes``; return its sha256 and ordered chunk ids.
+
+    The raw bytes are hashed on the way and must match ``sha256`` and ``size`` (the file
+    could have changed in the download cache or on disk since it was declared), unless the
+    file's stat key still equals ``hashed_as``, the key it had when hashed in this run.
+    ``sha256`` None: not known yet, computed on the way (see FileToStore)."""
     if chunk_size < MIN_CHUNK_SIZE:
         raise UsageError(f"chunk size {chunk_size} is below the minimum {MIN_CHUNK_SIZE}")
     hasher = hashlib.sha256()
@@ -289,7 +278,7 @@ def _write_streamed(
             remedy="the file changed after it was collected (or the download cache is damaged): "
             "delete it from the cache and export again",
         )
-    return got, tuple(ids)
+    return Stored(got, tuple(ids))
 
 
 #: Files up to this size are compressed whole into one frame, one file per worker thread,
@@ -313,12 +302,6 @@ class FileToStore:
     #: The file's stat key when its sha256 was computed in this run (see bundler.hashing):
     #: if it still matches, the bytes are not hashed a second time while being compressed.
     hashed_as: StatKey | None = None
-
-
-@dataclass(frozen=True)
-class Stored:
-    sha256: str
-    chunks: tuple[str, ...]
 
 
 def write_many(
@@ -416,7 +399,7 @@ def write_many(
                 while window:
                     f, fut = window.popleft()
                     if fut is None:
-                        sha, ids = _write_streamed(
+                        out[f.key] = write_file_chunks(
                             f.src,
                             sha256=f.sha256,
                             size=f.size,
@@ -425,7 +408,6 @@ def write_many(
                             advance=advance,
                             hashed_as=f.hashed_as,
                         )
-                        out[f.key] = Stored(sha, ids)
                     else:
                         path, chunk_id, stored, sha = fut.result()
                         if direct_dir is not None:

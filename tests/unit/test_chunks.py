@@ -33,7 +33,9 @@ def write(
     src = tmp_path / "src"
     src.write_bytes(data)
     vs = VolumeSet(tmp_path / "out", capacity, cluster=cluster, used=cluster)
-    ids = write_file_chunks(src, sha256=hashlib.sha256(data).hexdigest(), size=len(data), chunk_size=chunk, volumes=vs)
+    ids = write_file_chunks(
+        src, sha256=hashlib.sha256(data).hexdigest(), size=len(data), chunk_size=chunk, volumes=vs
+    ).chunks
     return vs, ids
 
 

@@ -339,10 +339,8 @@ class _Exporter:
     def _get(self, url: str, what: str) -> bytes | None:
         """The body at ``url``, or None when the server says it does not exist (404/410)."""
         try:
-            return self.ctx.fetcher.get_bytes(url, max_size=MAX_RELEASE)
+            return self.ctx.fetcher.get_bytes_if_present(url, max_size=MAX_RELEASE)
         except FetchError as exc:
-            if re.search(r"answered HTTP 4(04|10)\b", exc.message):
-                return None
             raise FetchError(f"{what}: {exc.message}", remedy=exc.remedy) from exc
         except UpstreamDigestError as exc:  # larger than MAX_RELEASE
             raise UpstreamContentError(f"{what}: {exc.message}", remedy=exc.remedy) from exc

@@ -13,8 +13,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from bundler.errors import PreflightError, PublishError
-from bundler.fsio import fsync_dir, prune_empty
+from bundler.errors import PublishError
+from bundler.fsio import fsync_dir, prune_empty, require_writable
 from bundler.kinds.base import Change, PublishReport, TargetContext
 from bundler.model import Entry, FileRecord
 from bundler.paths import resolve_inside
@@ -26,11 +26,7 @@ class FilesTarget:
         self.root = Path(ctx.options.get("files_root") or ctx.enclave / "files")
 
     def preflight(self, entries: Sequence[Entry]) -> None:
-        probe = self.root
-        while not probe.exists():
-            probe = probe.parent
-        if not os.access(probe, os.W_OK):
-            raise PreflightError(f"{probe} is not writable", remedy="run the import as the owner of the enclave")
+        require_writable(self.root, "files")
         for e in entries:
             for f in e.files:
                 resolve_inside(self.root, f.path, what=f"files/{e.name}")

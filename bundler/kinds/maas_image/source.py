@@ -177,10 +177,8 @@ class _Exporter:
 
     def _get(self, url: str, cap: int) -> bytes | None:
         try:
-            return self.ctx.fetcher.get_bytes(url, max_size=cap)
+            return self.ctx.fetcher.get_bytes_if_present(url, max_size=cap)
         except FetchError as exc:
-            if re.search(r"answered HTTP 4(04|10)\b", exc.message):
-                return None
             raise FetchError(f"{self.what}: {exc.message}", remedy=exc.remedy) from exc
         except UpstreamDigestError as exc:
             raise UpstreamContentError(f"{self.what}: {exc.message}", remedy=exc.remedy) from exc

@@ -31,7 +31,6 @@ Publishing:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections import defaultdict
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler.errors import PreflightError, PublishError, UpstreamSignatureError
-from bundler.fsio import prune_empty
+from bundler.fsio import prune_empty, require_writable
 from bundler.hashing import sha256_file
 from bundler.kinds.base import Change, PublishReport, TargetContext
 from bundler.kinds.maas_image.handoff import MIRROR_KEYRING, handoff
@@ -111,11 +110,7 @@ class MaasImageTarget:
         for tool in ("gpg", "gpgv"):
             if shutil.which(tool) is None:
                 raise PreflightError(f"maas_image: {tool} is not installed", remedy=f"apt-get install {tool}")
-        probe = self.root
-        while not probe.exists():
-            probe = probe.parent
-        if not os.access(probe, os.W_OK):
-            raise PreflightError(f"maas_image: {probe} is not writable", remedy="run the import as the enclave's owner")
+        require_writable(self.root, "maas_image")
         streams = {e.metadata.get("path"): e for e in _role(entries, "stream")}
         versions: dict[tuple[str, str], int] = defaultdict(int)
         for e in entries:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler.errors import DigestError, PreflightError, PublishError, VerificationError
+from bundler.fsio import require_writable
 from bundler.kinds.base import Change, PublishReport, TargetContext
 from bundler.kinds.snap.assertions import Assertion, AssertionProblem, parse_stream, select
 from bundler.kinds.snap.install_script import RepoSnap, render
@@ -117,11 +118,7 @@ class SnapTarget:
     # -- Target protocol ---------------------------------------------------------------
 
     def preflight(self, entries: Sequence[Entry]) -> None:
-        probe = self.root
-        while not probe.exists():
-            probe = probe.parent
-        if not os.access(probe, os.W_OK):
-            raise PreflightError(f"snap: {probe} is not writable", remedy="run the import as the owner of the enclave")
+        require_writable(self.root, "snap")
         exports = []
         for e in entries:
             role = e.metadata.get("role")

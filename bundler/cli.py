@@ -18,13 +18,10 @@ import typer
 
 from bundler import __version__
 from bundler.errors import BundlerError, UsageError
-from bundler.exporter import ExportOptions, export_bundle
 from bundler.format.signing import PRIVATE_SUFFIX, generate_keypair, load_public_key, load_signing_key
-from bundler.importer import ImportOptions, import_bundle
 from bundler.kinds import REGISTRY, init_enclave
 from bundler.ui import TerminalReporter, emit_json, emit_lines, error
 from bundler.units import human, parse_size
-from bundler.verifier import inspect_bundle, verify_bundle
 
 EXIT_INCOMPLETE = 3
 T = TypeVar("T")
@@ -134,6 +131,8 @@ def export_cmd(
 ) -> None:
     """Collect what SPEC names, verify it upstream, and write a signed bundle to --out."""
     rep = _reporter(as_json)
+    from bundler.exporter import ExportOptions, export_bundle  # the connected side only
+
     opts = ExportOptions(
         spec=spec,
         out=out,
@@ -177,6 +176,8 @@ def verify_cmd(
 ) -> None:
     """Check signature, every chunk and every file digest. Writes nothing."""
     rep = _reporter(as_json)
+    from bundler.verifier import verify_bundle
+
     r = _run(lambda: verify_bundle(volumes, keys, now=_now(), enclave=enclave, reporter=rep))
     if as_json:
         emit_json({"command": "verify", "ok": True, **asdict(r)})
@@ -203,6 +204,8 @@ def inspect_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what a bundle holds: series, sequence, base, signer, entries and sizes (checks the signature)."""
+    from bundler.verifier import inspect_bundle
+
     d = _run(lambda: inspect_bundle(volumes, keys, now=_now()))
     for w in d["warnings"]:
         _reporter(as_json).warn(w)
@@ -274,6 +277,8 @@ def import_cmd(
 ) -> None:
     """Verify a bundle completely, publish it into the enclave, and record what the enclave holds."""
     rep = _reporter(as_json)
+    from bundler.importer import ImportOptions, import_bundle
+
     opts = ImportOptions(
         volumes=tuple(volumes),
         enclave=enclave,

@@ -32,6 +32,7 @@ import zstandard
 from bundler.errors import DigestError, MissingChunkError, UnsafeMediaError, UpstreamDigestError, UsageError
 from bundler.format.layout import CHUNKS_DIR, MIN_CHUNK_SIZE, chunk_relpath, volume_dir_name
 from bundler.format.manifest import ChunkRecord
+from bundler.fsio import start_writeback
 from bundler.hashing import StatKey, stat_key
 
 BLOCK = 1024 * 1024
@@ -171,6 +172,9 @@ class _HashingWriter:
                     self._hash.update(data)
                     self._fh.write(data)
                     self._size += len(data)
+            if self._error is None:
+                self._fh.flush()
+                start_writeback(self._fh.fileno())
         except BaseException as exc:  # handed to the producer in finish()
             self._error = exc
             while self._q.get() is not None:
@@ -288,6 +292,11 @@ def write_file_chunks(
 #: 0.42x tar|zstd one file at a time).
 POOL_FILE = 64 * 1024 * 1024
 TMP_DIR = ".bundler-tmp"
+#: How far ahead of the file being placed the pool may work, in files and in raw bytes. Finished
+#: files wait on disk (or already in place), not in memory, so the window costs no RAM; a window
+#: of only ``2 * workers`` files left a core idle behind every 32 MiB file among small ones.
+WINDOW_FILES = 1024
+WINDOW_BYTES = 16 * POOL_FILE
 
 
 @dataclass(frozen=True)
@@ -317,9 +326,9 @@ def write_many(
     Files up to :data:`POOL_FILE` are read, checked and compressed (single-threaded zstd, one
     frame) by a pool of ``workers`` threads (zstd and hashlib release the GIL) into temporary
     files under ``<out>/.bundler-tmp``, while this thread places finished chunks on the volumes
-    in order; larger files go through :func:`write_file_chunks` (multi-threaded zstd). At most
-    ``2 * workers`` files are in flight, each streamed in 1 MiB blocks: memory stays bounded
-    whatever the tree.
+    in order; larger files go through :func:`write_file_chunks` (multi-threaded zstd). The pool
+    works at most :data:`WINDOW_FILES` files or :data:`WINDOW_BYTES` ahead, and each worker streams
+    its file in 1 MiB blocks: memory stays bounded whatever the tree.
     """
     pool_cap = min(POOL_FILE, max_raw_for(chunk_size))
     if volumes.capacity is not None:
@@ -361,6 +370,8 @@ def write_many(
                 out_hash.update(data)
                 dst.write(data)
                 stored += len(data)
+                dst.flush()
+                start_writeback(dst.fileno())
         if seen != f.size:
             raise UpstreamDigestError(
                 f"{f.src} is {'longer' if seen > f.size else 'shorter'} than the {f.size} bytes it was declared with",
@@ -383,21 +394,25 @@ def write_many(
 
     window: deque[tuple[FileToStore, Future[tuple[Path, str, int, str]] | None]] = deque()
     todo = iter(files)
+    ahead = 0  # raw bytes of the files in the window
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="zstd") as pool:
 
             def refill() -> None:
-                while len(window) < 2 * max(1, workers):
+                nonlocal ahead
+                while len(window) < max(WINDOW_FILES, 2 * workers) and (not window or ahead < WINDOW_BYTES):
                     f = next(todo, None)
                     if f is None:
                         return
                     pooled = 0 < f.size <= pool_cap
                     window.append((f, pool.submit(compress, f) if pooled else None))
+                    ahead += f.size if pooled else 0  # a large file is compressed by this thread
 
             refill()
             try:
                 while window:
                     f, fut = window.popleft()
+                    ahead -= f.size if fut is not None else 0
                     if fut is None:
                         out[f.key] = write_file_chunks(
                             f.src,

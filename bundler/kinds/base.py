@@ -7,14 +7,17 @@ moves the bytes (download, hash, chunk, sign, verify, stage) once for every kind
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bundler.events import NullReporter, Reporter
-from bundler.fetch import Fetcher
 from bundler.model import Declared, Entry, FileRecord
+
+if TYPE_CHECKING:
+    from bundler.fetch import Fetcher
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,18 @@ def check_before_publish(target: Target, change: Change) -> None:
     check = getattr(target, "check", None)
     if check is not None:
         check(change)
+
+
+def connected_side(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported on its first call. A kind's source (HTTP client, upstream
+    parsers) is only needed on the connected host: ``bundle import`` and ``verify`` start
+    without loading it."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 @dataclass(frozen=True)

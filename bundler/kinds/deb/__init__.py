@@ -46,8 +46,7 @@ Full description: docs/FORMAT.md section 13.2 (deb).
 
 from collections.abc import Mapping
 
-from bundler.kinds.base import Kind, TargetContext
-from bundler.kinds.deb.source import check_section, declare
+from bundler.kinds.base import Kind, TargetContext, connected_side
 from bundler.kinds.deb.target import DebTarget
 from bundler.openpgp.enclave_key import ensure_enclave_key
 
@@ -63,8 +62,8 @@ def _init(ctx: TargetContext) -> Mapping[str, str]:
 
 KIND = Kind(
     name="deb",
-    check_section=check_section,
-    declare=declare,
+    check_section=connected_side("bundler.kinds.deb.source", "check_section"),
+    declare=connected_side("bundler.kinds.deb.source", "declare"),
     target=DebTarget,
     summary="Debian packages from signed APT archives into a reprepro repository under <enclave>/deb/",
     init=_init,

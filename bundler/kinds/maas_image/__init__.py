@@ -38,14 +38,13 @@ product that the *current* signed upstream lists. A version upstream no longer l
 the mirror with the next bundle (see docs/FORMAT.md section 13.3, "Keeping versions").
 """
 
-from bundler.kinds.base import Kind
-from bundler.kinds.maas_image.source import check_section, declare
+from bundler.kinds.base import Kind, connected_side
 from bundler.kinds.maas_image.target import MaasImageTarget
 
 KIND = Kind(
     name="maas_image",
-    check_section=check_section,
-    declare=declare,
+    check_section=connected_side("bundler.kinds.maas_image.source", "check_section"),
+    declare=connected_side("bundler.kinds.maas_image.source", "declare"),
     target=MaasImageTarget,
     summary="MAAS boot images from a signed simplestreams source into a mirror under <enclave>/maas-images/",
 )

@@ -35,14 +35,13 @@ Store-admin entries, one per snap:
     metadata {"role": "store-admin", "snap", "file"}, files: "store-admin/<file name>".
 """
 
-from bundler.kinds.base import Kind
-from bundler.kinds.snap.source import check_section, declare
+from bundler.kinds.base import Kind, connected_side
 from bundler.kinds.snap.target import SnapTarget
 
 KIND = Kind(
     name="snap",
-    check_section=check_section,
-    declare=declare,
+    check_section=connected_side("bundler.kinds.snap.source", "check_section"),
+    declare=connected_side("bundler.kinds.snap.source", "declare"),
     target=SnapTarget,
     summary="snaps from the Snap Store into an offline snap repository, or store-admin exports into an "
     "Enterprise Store (Snap Store Proxy)",

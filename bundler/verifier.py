@@ -12,7 +12,7 @@ from typing import Any
 
 from bundler.errors import DigestError, MissingChunkError
 from bundler.events import NullReporter, Reporter
-from bundler.format.chunks import open_chunk, stream_chunk
+from bundler.format.chunks import chunk_present, open_chunk, stream_chunk
 from bundler.format.manifest import file_offsets
 from bundler.format.signing import load_trust
 from bundler.format.state import StateStore
@@ -58,16 +58,15 @@ def verify_bundle(
     require_known(e.kind for e in m.entries)
     chunks = m.chunk_map()
     have = bundle.numbers()
+    safe_dirs: set[str] = set()  # directories on the media already checked not to be symlinks
     for vol in bundle.volumes:
         for n in sorted(vol.numbers):
             for rec in m.chunks_on(n):
-                fh = open_chunk(vol.path, rec)
-                if fh is None:
+                if not chunk_present(vol.path, rec, safe_dirs):
                     raise MissingChunkError(
                         f"chunk {rec.id} of volume {n} is missing from {vol.path}",
                         remedy="copy this volume again from the export host",
                     )
-                fh.close()
     files: dict[str, FileRecord] = {}
     for _e, f in m.carried_files():
         files.setdefault(f.sha256, f)
@@ -84,7 +83,7 @@ def verify_bundle(
             for rec, _off in file_offsets(chunks, f):
                 vol = bundle.where(rec.id)
                 assert vol is not None
-                fh = open_chunk(vol.path, rec)
+                fh = open_chunk(vol.path, rec, safe_dirs)
                 assert fh is not None
                 with fh:
                     stream_chunk(fh, rec, where=f"volume {rec.volume}, {vol.path}", sink=h.update)
@@ -100,7 +99,7 @@ def verify_bundle(
             rec = chunks[rec_id]
             vol = bundle.where(rec.id)
             assert vol is not None
-            fh = open_chunk(vol.path, rec)
+            fh = open_chunk(vol.path, rec, safe_dirs)
             assert fh is not None
             with fh:
                 stream_chunk(fh, rec, where=f"volume {rec.volume}, {vol.path}", sink=lambda b: None)

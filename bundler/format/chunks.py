@@ -507,50 +507,126 @@ class _HashingReader:
         return data
 
 
-def open_chunk(volume_dir: Path, rec: ChunkRecord) -> IO[bytes] | None:
+def _check_dirs(volume_dir: Path, rel: str, safe_dirs: set[str] | None) -> None:
+    """Refuse a symlink as the volume's chunks/ directory or the chunk's fan-out directory.
+    ``safe_dirs`` remembers the directories already checked in this run (one lstat each)."""
+    for parent in (f"{volume_dir}/{CHUNKS_DIR}", f"{volume_dir}/{rel[: rel.rindex('/')]}"):
+        if safe_dirs is not None and parent in safe_dirs:
+            continue
+        if os.path.islink(parent):
+            raise UnsafeMediaError(f"{parent} is a symlink", remedy="bundles never contain symlinks: re-copy the media")
+        if safe_dirs is not None:
+            safe_dirs.add(parent)
+
+
+def _check_stat(st: os.stat_result, rec: ChunkRecord, where: str) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeMediaError(f"{where} is a symlink", remedy="bundles never contain symlinks: re-copy the media")
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeMediaError(f"{where} is not a regular file")
+    if st.st_size != rec.size:
+        state = "truncated" if st.st_size < rec.size else "larger than recorded"
+        raise DigestError(
+            f"{where} is {st.st_size} bytes, expected {rec.size}: {state}",
+            remedy="re-copy this volume from the export host (or export again), then re-run",
+        )
+
+
+def chunk_present(volume_dir: Path, rec: ChunkRecord, safe_dirs: set[str] | None = None) -> bool:
+    """Whether the chunk is on the volume, from its directory entry alone (no open): False if
+    absent; UnsafeMediaError for a symlink or a non-regular file, DigestError for a wrong size."""
+    rel = chunk_relpath(rec.id)
+    _check_dirs(volume_dir, rel, safe_dirs)
+    try:
+        st = os.lstat(f"{volume_dir}/{rel}")
+    except FileNotFoundError:
+        return False
+    _check_stat(st, rec, f"chunk {rec.id} on {volume_dir} (volume {rec.volume})")
+    return True
+
+
+def open_chunk(volume_dir: Path, rec: ChunkRecord, safe_dirs: set[str] | None = None) -> IO[bytes] | None:
     """Open a chunk on a volume safely, or return None if it is not there.
 
     Refuses symlinks (anywhere on the chunk's path inside the volume) and anything that is
     not a regular file; a wrong size is reported as truncated or padded before any byte is read.
     """
     rel = chunk_relpath(rec.id)
-    path = volume_dir / rel
+    path = f"{volume_dir}/{rel}"
     where = f"chunk {rec.id} on {volume_dir} (volume {rec.volume})"
-    for parent in (volume_dir / CHUNKS_DIR, path.parent):
-        if parent.is_symlink():
-            raise UnsafeMediaError(f"{parent} is a symlink", remedy="bundles never contain symlinks: re-copy the media")
+    _check_dirs(volume_dir, rel, safe_dirs)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if path.is_symlink():
+        if os.path.islink(path):
             raise UnsafeMediaError(
                 f"{where} is a symlink", remedy="bundles never contain symlinks: re-copy the media"
             ) from exc
         raise
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+    try:
+        _check_stat(os.fstat(fd), rec, where)
+    except BaseException:
         os.close(fd)
-        raise UnsafeMediaError(f"{where} is not a regular file")
-    if st.st_size != rec.size:
-        os.close(fd)
-        state = "truncated" if st.st_size < rec.size else "larger than recorded"
-        raise DigestError(
-            f"{where} is {st.st_size} bytes, expected {rec.size}: {state}",
-            remedy="re-copy this volume from the export host (or export again), then re-run",
-        )
+        raise
     return os.fdopen(fd, "rb")
 
 
-def require_chunk(volume_dir: Path, rec: ChunkRecord) -> IO[bytes]:
-    fh = open_chunk(volume_dir, rec)
+def require_chunk(volume_dir: Path, rec: ChunkRecord, safe_dirs: set[str] | None = None) -> IO[bytes]:
+    fh = open_chunk(volume_dir, rec, safe_dirs)
     if fh is None:
         raise MissingChunkError(
             f"chunk {rec.id} of volume {rec.volume} is missing from {volume_dir}",
             remedy="re-copy this volume from the export host, then re-run",
         )
     return fh
+
+
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """One decompression context per thread, reused for every chunk it reads."""
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor()
+    return dctx
+
+
+def read_small_chunk(fh: IO[bytes], rec: ChunkRecord, *, where: str) -> bytes:
+    """Read a whole (small) chunk and check its sha256: the bytes returned are the verified
+    ones, so they can be unpacked later without reading the media again."""
+    data = fh.read(rec.size + 1)
+    if len(data) != rec.size or hashlib.sha256(data).hexdigest() != rec.id:
+        raise DigestError(
+            f"chunk {rec.id} ({where}) is damaged: its sha256 is {hashlib.sha256(data).hexdigest()}",
+            remedy="re-copy this volume from the export host (or export again), then re-run",
+        )
+    return data
+
+
+def unpack_verified(
+    data: bytes, rec: ChunkRecord, *, where: str, sink: Sink, advance: Advance = lambda n: None
+) -> None:
+    """Decompress a chunk already read and checked by :func:`read_small_chunk` into ``sink``."""
+    try:
+        declared = zstandard.frame_content_size(data)
+        if declared > rec.raw_size:  # (-1: not declared; max_output_size bounds it then)
+            raise zstandard.ZstdError(f"its frame declares {declared} bytes")
+        raw = _decompressor().decompress(data, max_output_size=rec.raw_size)
+    except zstandard.ZstdError as exc:
+        raise DigestError(
+            f"chunk {rec.id} ({where}) does not decompress ({exc})",
+            remedy="the bundle is inconsistent: export it again",
+        ) from exc
+    if len(raw) != rec.raw_size:
+        raise DigestError(
+            f"chunk {rec.id} ({where}) decompresses to {len(raw)} bytes, expected {rec.raw_size}",
+            remedy="the bundle is inconsistent: export it again",
+        )
+    sink(raw)
+    advance(len(raw))
 
 
 def stream_chunk(fh: IO[bytes], rec: ChunkRecord, *, where: str, sink: Sink, advance: Advance = lambda n: None) -> None:
@@ -560,7 +636,7 @@ def stream_chunk(fh: IO[bytes], rec: ChunkRecord, *, where: str, sink: Sink, adv
     already have received bytes: callers write into staging only and discard them.
     """
     hr = _HashingReader(fh)
-    dctx = zstandard.ZstdDecompressor()
+    dctx = _decompressor()
     produced = 0
     try:
         with dctx.stream_reader(cast(IO[bytes], hr), read_size=1024 * 1024, closefd=False) as reader:

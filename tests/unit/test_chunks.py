@@ -11,15 +11,18 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from bundler.errors import DigestError, UpstreamDigestError, UsageError
+from bundler.errors import DigestError, UnsafeMediaError, UpstreamDigestError, UsageError
 from bundler.format.chunks import (
     POOL_FILE,
     FileToStore,
     VolumeSet,
+    chunk_present,
     max_raw_for,
+    read_small_chunk,
     require_chunk,
     stored_bound,
     stream_chunk,
+    unpack_verified,
     write_file_chunks,
     write_many,
 )
@@ -190,3 +193,63 @@ def test_write_many_computes_a_deferred_digest(tmp_path: Path, size: int) -> Non
     assert rebuild(vs, got.chunks) == blob
     with pytest.raises(UpstreamDigestError, match="declared as"):
         write_many([FileToStore("x", src, "0" * 64, size)], chunk_size=1 << 30, volumes=VolumeSet(tmp_path / "o", None))
+
+
+def _one_chunk(tmp_path: Path, data: bytes) -> tuple[Path, ChunkRecord]:
+    vs, ids = write(tmp_path, data, chunk=1 << 20)
+    return vs.out / "vol-001", vs.records[ids[0]]
+
+
+def test_chunk_present_reads_only_the_directory_entry(tmp_path: Path) -> None:
+    vol, rec = _one_chunk(tmp_path, os.urandom(5000))
+    safe: set[str] = set()
+    assert chunk_present(vol, rec, safe)
+    assert safe == {f"{vol}/chunks", f"{vol}/chunks/{rec.id[:2]}"}  # checked once per run
+    other = ChunkRecord(id="ab" * 32, size=10, raw_size=10, volume=1)
+    assert not chunk_present(vol, other, safe)
+    path = vol / "chunks" / rec.id[:2] / rec.id
+    with open(path, "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(DigestError, match="larger than recorded"):
+        chunk_present(vol, rec, safe)
+    path.unlink()
+    path.symlink_to(tmp_path / "src")
+    with pytest.raises(UnsafeMediaError, match="symlink"):
+        chunk_present(vol, rec, safe)
+
+
+def test_a_symlinked_fanout_directory_is_refused(tmp_path: Path) -> None:
+    vol, rec = _one_chunk(tmp_path, os.urandom(5000))
+    fan = vol / "chunks" / rec.id[:2]
+    fan.rename(tmp_path / "elsewhere")
+    fan.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafeMediaError, match="is a symlink"):
+        chunk_present(vol, rec, set())
+    with pytest.raises(UnsafeMediaError, match="is a symlink"):
+        require_chunk(vol, rec, set())
+
+
+def test_small_chunk_read_whole_is_checked_then_unpacked(tmp_path: Path) -> None:
+    data = os.urandom(3000) + b"a" * 7000
+    vol, rec = _one_chunk(tmp_path, data)
+    with require_chunk(vol, rec) as fh:
+        verified = read_small_chunk(fh, rec, where="volume 1")
+    out: list[bytes] = []
+    unpack_verified(verified, rec, where="volume 1", sink=out.append)
+    assert b"".join(out) == data
+    path = vol / "chunks" / rec.id[:2] / rec.id
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with require_chunk(vol, rec) as fh, pytest.raises(DigestError, match=f"chunk {rec.id} .volume 1. is damaged"):
+        read_small_chunk(fh, rec, where="volume 1")
+
+
+def test_unpacking_a_verified_chunk_never_exceeds_its_raw_size() -> None:
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(b"\0" * 1_000_000)
+    rec = ChunkRecord(id=hashlib.sha256(frame).hexdigest(), size=len(frame), raw_size=1000, volume=1)
+    with pytest.raises(DigestError, match="declares 1000000 bytes"):
+        unpack_verified(frame, rec, where="v1", sink=lambda b: None)
+    short = ChunkRecord(id=rec.id, size=rec.size, raw_size=2_000_000, volume=1)
+    with pytest.raises(DigestError, match="decompresses to 1000000 bytes, expected 2000000"):
+        unpack_verified(frame, short, where="v1", sink=lambda b: None)

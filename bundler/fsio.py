@@ -42,22 +42,6 @@ def prune_empty(d: Path, root: Path) -> None:
 
 #: The C library the interpreter is linked with (no ldconfig lookup at import).
 _libc = ctypes.CDLL(None, use_errno=True)
-_sync_file_range = getattr(_libc, "sync_file_range", None)
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def start_writeback(fd: int) -> None:
-    """Start writing ``fd``'s dirty pages to the device now, without waiting for it
-    (sync_file_range(2) SYNC_FILE_RANGE_WRITE; nothing where it is unavailable).
-
-    The exporter calls this on every finished chunk, so that the media write runs alongside
-    compression instead of all at the final syncfs; on slow media it also keeps dirty memory
-    bounded, since a full device queue blocks the writer here. Durability still comes from
-    the final :func:`sync_filesystem`."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def sync_filesystem(path: Path) -> None:

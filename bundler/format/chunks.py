@@ -32,7 +32,6 @@ import zstandard
 from bundler.errors import DigestError, MissingChunkError, UnsafeMediaError, UpstreamDigestError, UsageError
 from bundler.format.layout import CHUNKS_DIR, MIN_CHUNK_SIZE, chunk_relpath, volume_dir_name
 from bundler.format.manifest import ChunkRecord
-from bundler.fsio import start_writeback
 from bundler.hashing import StatKey, stat_key
 
 BLOCK = 1024 * 1024
@@ -172,9 +171,6 @@ class _HashingWriter:
                     self._hash.update(data)
                     self._fh.write(data)
                     self._size += len(data)
-            if self._error is None:
-                self._fh.flush()
-                start_writeback(self._fh.fileno())
         except BaseException as exc:  # handed to the producer in finish()
             self._error = exc
             while self._q.get() is not None:
@@ -370,8 +366,6 @@ def write_many(
                 out_hash.update(data)
                 dst.write(data)
                 stored += len(data)
-                dst.flush()
-                start_writeback(dst.fileno())
         if seen != f.size:
             raise UpstreamDigestError(
                 f"{f.src} is {'longer' if seen > f.size else 'shorter'} than the {f.size} bytes it was declared with",

@@ -165,7 +165,7 @@ def _manifest_bytes(bundle: OpenedBundle) -> bytes:
 
 #: Chunks up to this size are read whole while verified, and up to KEEP_BYTES of them are kept
 #: in memory for the unpack: those are read from the media once, and what is unpacked is exactly
-#: what was verified (measured: 2,000 small debs, 0.46 s -> ... s of unpack).
+#: what was verified (measured on 2,000 small debs: unpack 0.29-0.47 s -> 0.09-0.34 s).
 SMALL_CHUNK = 1024 * 1024
 KEEP_BYTES = 32 * 1024 * 1024
 

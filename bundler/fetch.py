@@ -377,29 +377,11 @@ class Fetcher:
             if found is not None:
                 return found
             partial = self._partial_dir / f"sha3-384-{sha3_384}"
-            failures = 0
-            restarted = False
             with self._reporter.task("download", size, "B") as advance:
                 progress = _Progress(advance)
-                while True:
-                    try:
-                        sha256 = self._sha3_attempt(url, sha3_384, size, partial, progress)
-                        break
-                    except UpstreamDigestError:
-                        partial.unlink(missing_ok=True)
-                        raise
-                    except _Restart as exc:
-                        partial.unlink(missing_ok=True)
-                        cause, delay = exc.cause, 0.0
-                        if not restarted:
-                            restarted = True
-                            continue
-                    except _Retryable as exc:
-                        cause, delay = exc.cause, self._delay(failures, exc.retry_after)
-                    failures += 1
-                    if failures > self._retries:
-                        raise self._exhausted(url, failures, cause)
-                    time.sleep(delay)
+                sha256 = self._resuming(
+                    url, partial, lambda _state: self._sha3_attempt(url, sha3_384, size, partial, progress)
+                )
             final = self._commit(partial, sha256)
             link.parent.mkdir(parents=True, exist_ok=True)
             tmp = link.with_name(link.name + ".tmp")
@@ -521,31 +503,45 @@ class Fetcher:
             if cached is not None:
                 return cached
             partial = self._partial_path(want.sha256)
-            state = _Attempts()
-            failures = 0
-            while True:
-                if cancel is not None and cancel.is_set():
-                    raise _Cancelled()
-                try:
-                    return self._attempt(want, partial, progress, cancel, state)
-                except UpstreamDigestError:
-                    partial.unlink(missing_ok=True)
-                    raise
-                except _Restart as exc:
-                    partial.unlink(missing_ok=True)
-                    cause, delay = exc.cause, 0.0
-                    if state.free_restart:
-                        state.free_restart = False
-                        continue
-                except _Retryable as exc:
-                    cause, delay = exc.cause, self._delay(failures, exc.retry_after)
-                failures += 1
-                if failures > self._retries:
-                    raise self._exhausted(want.url, failures, cause)
-                if cancel is None:
-                    time.sleep(delay)
-                elif cancel.wait(delay):
-                    raise _Cancelled()
+            return self._resuming(
+                want.url, partial, lambda state: self._attempt(want, partial, progress, cancel, state), cancel
+            )
+
+    def _resuming(
+        self,
+        url: str,
+        partial: Path,
+        attempt: Callable[[_Attempts], _T],
+        cancel: threading.Event | None = None,
+    ) -> _T:
+        """Run download attempts that resume ``partial`` until one succeeds: a digest mismatch
+        discards the partial and ends it; a discarded partial (416, foreign content) gets one free
+        restart; anything else retryable waits with backoff, up to the retry limit."""
+        state = _Attempts()
+        failures = 0
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled()
+            try:
+                return attempt(state)
+            except UpstreamDigestError:
+                partial.unlink(missing_ok=True)
+                raise
+            except _Restart as exc:
+                partial.unlink(missing_ok=True)
+                cause, delay = exc.cause, 0.0
+                if state.free_restart:
+                    state.free_restart = False
+                    continue
+            except _Retryable as exc:
+                cause, delay = exc.cause, self._delay(failures, exc.retry_after)
+            failures += 1
+            if failures > self._retries:
+                raise self._exhausted(url, failures, cause)
+            if cancel is None:
+                time.sleep(delay)
+            elif cancel.wait(delay):
+                raise _Cancelled()
 
     def _receive(
         self,

@@ -119,7 +119,12 @@ def export_cmd(
         typer.Option("--volume-size", help="Size of one medium (e.g. 32G): spread the bundle over several volumes."),
     ] = None,
     chunk_size: Annotated[
-        str | None, typer.Option("--chunk-size", help="Largest stored piece (default 1G; at most 4G-1 for FAT32).")
+        str | None,
+        typer.Option(
+            "--chunk-size",
+            help="Largest stored piece (default 1G; at most 4G-1 for FAT32). Files are cut into pieces of at"
+            " most 8 MiB anyway; a smaller value cuts them smaller.",
+        ),
     ] = None,
     key: Annotated[Path, typer.Option("--key", help="Ed25519 signing key (PEM). Env: BUNDLER_KEY.")] = DEFAULT_KEY,
     state: Annotated[

@@ -6,6 +6,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,7 +15,7 @@ from bundler import __version__
 from bundler.errors import SpecError, UsageError
 from bundler.events import NullReporter, Reporter
 from bundler.fetch import Fetcher, Want
-from bundler.format.chunks import FileToStore, VolumeSet, max_raw_for, write_many
+from bundler.format.chunks import MIN_SEGMENT, SEGMENT, FileToStore, VolumeSet, max_raw_for, write_many
 from bundler.format.layout import (
     DEFAULT_CHUNK_SIZE,
     FAT32_MAX_FILE,
@@ -127,36 +128,39 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
             declared = _resolved(declared, {k: st.sha256 for k, st in stored.items() if k.startswith(_PENDING)})
             sizes.update({stored[k].sha256: n for k, n in sizes.items() if k.startswith(_PENDING)})
             # Chunks reach the media before the manifest that names them: a bundle whose
-            # manifest is present is complete even if the host crashes right after.
-            sync_filesystem(opts.out)
-            entries = tuple(_entry(d, sizes, chunk_ids) for d in declared)
-            base = None if base_manifest is None or last is None else BaseRef(last.sequence, last.digest)
-            manifest = Manifest(
-                schema=SCHEMA_VERSION,
-                features=(),
-                series=spec.series,
-                sequence=(last.sequence + 1) if last else 1,
-                base=base,
-                created=opts.now,
-                expires=(opts.now + timedelta(days=spec.expires_days)) if spec.expires_days else None,
-                generator=f"bundler {__version__}",
-                chunk_size=chunk_size,
-                volumes=volumes.index,
-                entries=entries,
-                chunks=tuple(volumes.records.values()),
-            )
-            data = manifest.to_bytes()
-            Manifest.from_bytes(data)  # the exporter checks its own output with the importer's parser
-            digest = manifest_digest(data)
-            sig = sign(data, key)
-            # The ledger records the bundle before any manifest reaches the media. Were it the
-            # other way round, a crash in between would leave an importable bundle that the
-            # ledger does not know, and the next export would reuse its sequence: a fork the
-            # enclave must refuse, with no way forward. This way a crash leaves media without
-            # a manifest (not importable) and a ledger one ahead, which the enclave answers
-            # with a clear base mismatch that 'bundle export --full' resolves.
-            ledger.record(data, manifest)
-            recorded = True
+            # manifest is present is complete even if the host crashes right after. The sync
+            # runs while the manifest is built, signed and recorded, none of which touches the media.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync") as syncer:
+                synced = syncer.submit(sync_filesystem, opts.out)
+                entries = tuple(_entry(d, sizes, chunk_ids) for d in declared)
+                base = None if base_manifest is None or last is None else BaseRef(last.sequence, last.digest)
+                manifest = Manifest(
+                    schema=SCHEMA_VERSION,
+                    features=(),
+                    series=spec.series,
+                    sequence=(last.sequence + 1) if last else 1,
+                    base=base,
+                    created=opts.now,
+                    expires=(opts.now + timedelta(days=spec.expires_days)) if spec.expires_days else None,
+                    generator=f"bundler {__version__}",
+                    chunk_size=chunk_size,
+                    volumes=volumes.index,
+                    entries=entries,
+                    chunks=tuple(volumes.records.values()),
+                )
+                data = manifest.to_bytes()
+                Manifest.from_bytes(data)  # the exporter checks its own output with the importer's parser
+                digest = manifest_digest(data)
+                sig = sign(data, key)
+                # The ledger records the bundle before any manifest reaches the media. Were it the
+                # other way round, a crash in between would leave an importable bundle that the
+                # ledger does not know, and the next export would reuse its sequence: a fork the
+                # enclave must refuse, with no way forward. This way a crash leaves media without
+                # a manifest (not importable) and a ledger one ahead, which the enclave answers
+                # with a clear base mismatch that 'bundle export --full' resolves.
+                ledger.record(data, manifest)
+                recorded = True
+                synced.result()
             for i, vdir in enumerate(volumes.dirs(), 1):
                 vdir.mkdir(parents=True, exist_ok=True)
                 info = canonical_json(
@@ -299,5 +303,8 @@ def _reserve(
     )
     total = sum(sizes[s] for s in carry)
     est_volumes = math.ceil(total / max(1, volume_size // 2)) + 1
-    est_chunks = sum(math.ceil(sizes[s] / max_raw_for(chunk_size)) for s in carry) + est_volumes + len(carry)
+    # Segments are at most this long (smaller than the writer's cap: the capacity is less than
+    # half the volume size only where the export fails anyway); a split adds one per volume.
+    cap = max(MIN_SEGMENT, min(SEGMENT, max_raw_for(chunk_size), max_raw_for(volume_size // 2)))
+    est_chunks = sum(math.ceil(sizes[s] / cap) for s in carry) + est_volumes + len(carry)
     return len(draft.to_bytes()) + est_chunks * _MANIFEST_BYTES_PER_CHUNK + _VOLUME_SLACK

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from pathlib import Path
 
 from bundler.errors import PreflightError
@@ -54,3 +55,47 @@ def sync_filesystem(path: Path) -> None:
             os.sync()
     finally:
         os.close(fd)
+
+
+class BackgroundSync:
+    """Writes dirty data of the file system holding ``path`` back while more is being written:
+    a thread calls syncfs(2) each time ``every`` more bytes were reported through :meth:`wrote`,
+    so that the final sync has little left to wait for (the media write overlaps the work that
+    produces it). Errors surface in the final, blocking :func:`sync_filesystem`."""
+
+    def __init__(self, path: Path, every: int) -> None:
+        self._path = path
+        self._every = every
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
+
+    def __enter__(self) -> BackgroundSync:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+        self._thread.join()
+
+    def wrote(self, n: int) -> None:
+        with self._cond:
+            self._pending += n
+            if self._pending >= self._every:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._done and self._pending < self._every:
+                    self._cond.wait()
+                if self._done:
+                    return
+                self._pending = 0
+            try:
+                sync_filesystem(self._path)
+            except OSError:
+                return  # reported by the caller's own final sync

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +85,7 @@ def declare(section: Mapping[str, Any], ctx: SourceContext) -> Iterator[Declared
                 raise SpecError(f"files {name}: 'sha256' applies to a single file, but {src} is a directory")
             artifacts = _hash_all(_walk(src, dest, ctx), None, ctx)
         elif src.is_file():
-            artifacts = _hash_all([(src, dest)], section.get("sha256"), ctx)
+            artifacts = _hash_all([(src, dest, os.stat(src))], section.get("sha256"), ctx)
         else:
             raise SpecError(f"files {name}: source {src} does not exist")
     version = section.get("version") or (
@@ -94,9 +95,14 @@ def declare(section: Mapping[str, Any], ctx: SourceContext) -> Iterator[Declared
 
 
 def _local(
-    src: Path, dest: str, expected: str | None, advance: Callable[[int], None], cache: DigestCache, later: bool
+    src: Path,
+    dest: str,
+    st: os.stat_result,
+    expected: str | None,
+    advance: Callable[[int], None],
+    cache: DigestCache,
+    later: bool,
 ) -> Artifact:
-    st = os.stat(src)
     key: StatKey | None = stat_key(st)
     assert key is not None
     known = cache.get(src, key)
@@ -118,36 +124,47 @@ def _local(
     return Artifact(path=dest, sha256=digest, size=size, local=src, hashed_as=key)
 
 
-def _hash_all(pairs: list[tuple[Path, str]], expected: str | None, ctx: SourceContext) -> list[Artifact]:
+def _hash_all(
+    found: list[tuple[Path, str, os.stat_result]], expected: str | None, ctx: SourceContext
+) -> list[Artifact]:
     """Hash local files under one progress bar (a tree may hold thousands of files); files
     unchanged since an earlier export (same stat key) take their digest from the cache."""
-    total = sum(p.stat().st_size for p, _ in pairs)
+    total = sum(st.st_size for _p, _d, st in found)
     cache = DigestCache(ctx.work_dir / "files-digests.json")
-    with ctx.reporter.task(f"hash {len(pairs)} local file(s)", total) as advance:
+    with ctx.reporter.task(f"hash {len(found)} local file(s)", total) as advance:
         lock = threading.Lock()
 
         def locked(n: int) -> None:
             with lock:
                 advance(n)
 
-        # hashlib releases the GIL: one thread per core hashes a tree that much faster.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            out = list(pool.map(lambda pd: _local(pd[0], pd[1], expected, locked, cache, ctx.hash_later), pairs))
+        def one(f: tuple[Path, str, os.stat_result]) -> Artifact:
+            return _local(f[0], f[1], f[2], expected, locked, cache, ctx.hash_later)
+
+        if ctx.hash_later:  # nothing is hashed here (the exporter hashes while compressing)
+            out = [one(f) for f in found]
+        else:  # hashlib releases the GIL: one thread per core hashes a tree that much faster
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                out = list(pool.map(one, found))
     cache.save()
     return out
 
 
-def _walk(root: Path, dest: str, ctx: SourceContext) -> list[tuple[Path, str]]:
-    pairs: list[tuple[Path, str]] = []
+def _walk(root: Path, dest: str, ctx: SourceContext) -> list[tuple[Path, str, os.stat_result]]:
+    """Every regular file under ``root`` (sorted), its path under ``dest`` and its lstat."""
+    found: list[tuple[Path, str, os.stat_result]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        prefix = dest if rel == "." else f"{dest}/{Path(rel).as_posix()}"
         for fname in sorted(filenames):
-            p = Path(dirpath) / fname
-            if p.is_symlink() or not p.is_file():
-                ctx.reporter.warn(f"files: skipping {p}: not a regular file (symlinks are not carried)")
+            path = os.path.join(dirpath, fname)
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                ctx.reporter.warn(f"files: skipping {path}: not a regular file (symlinks are not carried)")
                 continue
-            pairs.append((p, f"{dest}/{p.relative_to(root).as_posix()}"))
-    return pairs
+            found.append((Path(path), f"{prefix}/{fname}", st))
+    return found
 
 
 __all__ = ["Want", "check_section", "declare"]

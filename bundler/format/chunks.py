@@ -177,17 +177,22 @@ class _FileHash:
         self._lock = lock
         self._stop = stop
 
-    def feed(self, offset: int, data: memoryview) -> None:
+    def feed(self, offset: int, data: memoryview, *, wait: bool = True) -> bool:
+        """Hash the segment at ``offset`` once the segments before it are hashed. With ``wait``
+        False, return False at once if they are not (the caller does other work first)."""
         with self._lock:
             while self._next != offset:
                 if self._broken or self._stop.is_set():
                     raise _Abandoned
+                if not wait:
+                    return False
                 self._lock.wait(0.5)
         if not self.unchanged:
             self.hasher.update(data)
         with self._lock:
             self._next = offset + len(data)
             self._lock.notify_all()
+        return True
 
     def fail(self) -> None:
         with self._lock:
@@ -314,13 +319,16 @@ def write_many(
             local.buf = memoryview(bytearray(cap))
         try:
             data = _read_segment(seg, local.buf)
-            seg.file.feed(seg.offset, data)
+            # A segment whose predecessors are not hashed yet is compressed first, hashed after.
+            hashed = seg.file.feed(seg.offset, data, wait=False)
+            frame = local.cctx.compress(data) if seg.length else b""
+            if not hashed:
+                seg.file.feed(seg.offset, data)
         except BaseException:
             seg.file.fail()
             raise
         if not seg.length:
             return None
-        frame = local.cctx.compress(data)
         chunk_id = hashlib.sha256(frame).hexdigest()
         if direct_dir is None:
             path = tmp_dir / str(seg.index)

@@ -1,7 +1,7 @@
 """Everything the operator sees: tqdm bars, warnings, summaries and --json output.
 
-The only module that imports tqdm. Bars go to stderr and only when stderr is a
-terminal (and not with --quiet or --json); summaries go to stdout.
+The only module that imports tqdm, and only once a bar is shown. Bars go to stderr and only
+when stderr is a terminal (and not with --quiet or --json); summaries go to stdout.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
-
-from tqdm import tqdm
 
 from bundler.events import Advance
 
@@ -29,6 +27,8 @@ class TerminalReporter:
         if not self.bars:
             yield lambda n: None
             return
+        from tqdm import tqdm  # 20 ms of start-up that a run without bars does not pay
+
         bar = tqdm(
             total=total,
             desc=label,
@@ -48,6 +48,8 @@ class TerminalReporter:
         self.warnings.append(message)
         if not self.quiet:
             if self.bars:
+                from tqdm import tqdm
+
                 tqdm.write(f"warning: {message}", file=sys.stderr)
             else:
                 print(f"warning: {message}", file=sys.stderr)

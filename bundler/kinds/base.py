@@ -97,16 +97,25 @@ def check_before_publish(target: Target, change: Change) -> None:
         check(change)
 
 
-def connected_side(module: str, name: str) -> Callable[..., Any]:
-    """``module.name``, imported on its first call. A kind's source (HTTP client, upstream
-    parsers) is only needed on the connected host: ``bundle import`` and ``verify`` start
-    without loading it."""
-
+def _imported_on_call(module: str, name: str) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         return getattr(importlib.import_module(module), name)(*args, **kwargs)
 
     call.__name__ = call.__qualname__ = name
     return call
+
+
+def connected_side(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported on its first call. A kind's source (HTTP client, upstream
+    parsers) is only needed on the connected host: ``bundle import`` and ``verify`` start
+    without loading it."""
+    return _imported_on_call(module, name)
+
+
+def enclave_side(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported on its first call. A kind's target (reprepro, gpg, mirror
+    code) is only needed in the enclave: ``bundle export`` and ``verify`` start without it."""
+    return _imported_on_call(module, name)
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,12 @@ Full description: docs/FORMAT.md section 13.2 (deb).
 
 from collections.abc import Mapping
 
-from bundler.kinds.base import Kind, TargetContext, connected_side
-from bundler.kinds.deb.target import DebTarget
-from bundler.openpgp.enclave_key import ensure_enclave_key
+from bundler.kinds.base import Kind, TargetContext, connected_side, enclave_side
 
 
 def _init(ctx: TargetContext) -> Mapping[str, str]:
+    from bundler.openpgp.enclave_key import ensure_enclave_key  # enclave side only
+
     key = ensure_enclave_key(ctx.enclave)
     return {
         "enclave signing key": key.fingerprint,
@@ -64,7 +64,7 @@ KIND = Kind(
     name="deb",
     check_section=connected_side("bundler.kinds.deb.source", "check_section"),
     declare=connected_side("bundler.kinds.deb.source", "declare"),
-    target=DebTarget,
+    target=enclave_side("bundler.kinds.deb.target", "DebTarget"),
     summary="Debian packages from signed APT archives into a reprepro repository under <enclave>/deb/",
     init=_init,
 )

@@ -38,13 +38,12 @@ product that the *current* signed upstream lists. A version upstream no longer l
 the mirror with the next bundle (see docs/FORMAT.md section 13.3, "Keeping versions").
 """
 
-from bundler.kinds.base import Kind, connected_side
-from bundler.kinds.maas_image.target import MaasImageTarget
+from bundler.kinds.base import Kind, connected_side, enclave_side
 
 KIND = Kind(
     name="maas_image",
     check_section=connected_side("bundler.kinds.maas_image.source", "check_section"),
     declare=connected_side("bundler.kinds.maas_image.source", "declare"),
-    target=MaasImageTarget,
+    target=enclave_side("bundler.kinds.maas_image.target", "MaasImageTarget"),
     summary="MAAS boot images from a signed simplestreams source into a mirror under <enclave>/maas-images/",
 )

@@ -35,14 +35,13 @@ Store-admin entries, one per snap:
     metadata {"role": "store-admin", "snap", "file"}, files: "store-admin/<file name>".
 """
 
-from bundler.kinds.base import Kind, connected_side
-from bundler.kinds.snap.target import SnapTarget
+from bundler.kinds.base import Kind, connected_side, enclave_side
 
 KIND = Kind(
     name="snap",
     check_section=connected_side("bundler.kinds.snap.source", "check_section"),
     declare=connected_side("bundler.kinds.snap.source", "declare"),
-    target=SnapTarget,
+    target=enclave_side("bundler.kinds.snap.target", "SnapTarget"),
     summary="snaps from the Snap Store into an offline snap repository, or store-admin exports into an "
     "Enterprise Store (Snap Store Proxy)",
 )

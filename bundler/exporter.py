@@ -132,20 +132,18 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
             # runs while the manifest is built, signed and recorded, none of which touches the media.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync") as syncer:
                 synced = syncer.submit(sync_filesystem, opts.out)
-                entries = tuple(_entry(d, sizes, chunk_ids) for d in declared)
-                base = None if base_manifest is None or last is None else BaseRef(last.sequence, last.digest)
                 manifest = Manifest(
                     schema=SCHEMA_VERSION,
                     features=(),
                     series=spec.series,
                     sequence=(last.sequence + 1) if last else 1,
-                    base=base,
+                    base=None if base_manifest is None or last is None else BaseRef(last.sequence, last.digest),
                     created=opts.now,
                     expires=(opts.now + timedelta(days=spec.expires_days)) if spec.expires_days else None,
                     generator=f"bundler {__version__}",
                     chunk_size=chunk_size,
                     volumes=volumes.index,
-                    entries=entries,
+                    entries=tuple(_entry(d, sizes, chunk_ids) for d in declared),
                     chunks=tuple(volumes.records.values()),
                 )
                 data = manifest.to_bytes()
@@ -194,9 +192,9 @@ def export_bundle(opts: ExportOptions, reporter: Reporter | None = None) -> Expo
         digest=digest,
         signer=key.keyid,
         volumes=tuple(volumes.dirs()),
-        entries=len(entries),
-        files=sum(len(e.files) for e in entries),
-        files_carried=sum(1 for e in entries for f in e.files if f.carried),
+        entries=len(manifest.entries),
+        files=sum(len(e.files) for e in manifest.entries),
+        files_carried=sum(1 for e in manifest.entries for f in e.files if f.carried),
         raw_bytes=sum(sizes[s] for s in plan.carry),
         stored_bytes=manifest.payload_size(),
         chunks=len(manifest.chunks),

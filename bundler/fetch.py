@@ -57,20 +57,19 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import urlsplit
-
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 
 from bundler.errors import FetchError, UpstreamDigestError
 from bundler.events import Advance, NullReporter, Reporter
 
 if TYPE_CHECKING:
     from _hashlib import HASH
+
+    import requests
 
 __all__ = ["CHUNK_SIZE", "MAX_DELAY", "Answer", "Fetcher", "StoreFile", "Want"]
 
@@ -84,19 +83,33 @@ _SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
 _SHA3_384_RE: Final = re.compile(r"[0-9a-f]{96}")
 _CONTENT_RANGE_RE: Final = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*")
 
-# Network failures worth another attempt. ``urllib3`` errors show up because the
-# body is read from ``response.raw`` (so that it is never content-decoded).
-_NETWORK_ERRORS: Final = (requests.RequestException, urllib3.exceptions.HTTPError)
+# requests (35 ms to import) loads with the first request: an export of local files, or an
+# import, never pays for it.
 
-# Request errors that another attempt cannot fix.
-_REQUEST_FATAL: Final = (
-    requests.exceptions.URLRequired,
-    requests.exceptions.MissingSchema,
-    requests.exceptions.InvalidSchema,
-    requests.exceptions.InvalidURL,
-    requests.exceptions.InvalidHeader,
-    requests.exceptions.TooManyRedirects,
-)
+
+@cache
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Network failures worth another attempt. ``urllib3`` errors show up because the body is
+    read from ``response.raw`` (so that it is never content-decoded)."""
+    import requests
+    import urllib3
+
+    return (requests.RequestException, urllib3.exceptions.HTTPError)
+
+
+@cache
+def _request_fatal() -> tuple[type[BaseException], ...]:
+    """Request errors that another attempt cannot fix."""
+    import requests
+
+    return (
+        requests.exceptions.URLRequired,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidSchema,
+        requests.exceptions.InvalidURL,
+        requests.exceptions.InvalidHeader,
+        requests.exceptions.TooManyRedirects,
+    )
 
 
 _T = TypeVar("_T")
@@ -219,19 +232,9 @@ class Fetcher:
         self._retries = retries
         self._backoff = backoff
         self._workers = workers
-        # One Session shared by all worker threads. Its connection pool (urllib3's
-        # PoolManager) is thread-safe, and we only ever issue GETs with per-call
-        # headers, never mutating Session state after this constructor, so the parts
-        # of Session that are not thread-safe are not exercised. One session keeps
-        # connection reuse across workers and lets close() release everything.
-        # pool_maxsize >= workers so that no worker's connection is thrown away;
-        # max_retries=0 because retrying is done here, with resume.
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = user_agent
-        self._session.headers["Accept-Encoding"] = "identity"
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(workers, 10), max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._user_agent = user_agent
+        self._session: requests.Session | None = None  # made by the first request (_http)
+        self._session_guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -440,12 +443,12 @@ class Fetcher:
 
     def _request_once(self, method: str, url: str, headers: dict[str, str], json_body: object, max_size: int) -> Answer:
         try:
-            resp = self._session.request(
+            resp = self._http().request(
                 method, url, headers=headers, json=json_body, stream=True, timeout=self._timeout
             )
-        except _REQUEST_FATAL as exc:
+        except _request_fatal() as exc:
             raise FetchError(f"could not request {url}: {exc}", remedy="check the store URL") from exc
-        except _NETWORK_ERRORS as exc:
+        except _network_errors() as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
         with resp:
             code = resp.status_code
@@ -455,7 +458,30 @@ class Fetcher:
 
     def close(self) -> None:
         """Release the network connections."""
-        self._session.close()
+        if self._session is not None:
+            self._session.close()
+
+    def _http(self) -> requests.Session:
+        """The one Session shared by all worker threads, made on first use. Its connection pool
+        (urllib3's PoolManager) is thread-safe, and we only ever issue requests with per-call
+        headers, never mutating Session state once it is made, so the parts of Session that
+        are not thread-safe are not exercised. One session keeps connection reuse across
+        workers and lets close() release everything. pool_maxsize >= workers so that no
+        worker's connection is thrown away; max_retries=0 because retrying is done here, with
+        resume."""
+        with self._session_guard:
+            if self._session is None:
+                import requests
+                from requests.adapters import HTTPAdapter
+
+                session = requests.Session()
+                session.headers["User-Agent"] = self._user_agent
+                session.headers["Accept-Encoding"] = "identity"
+                adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(self._workers, 10), max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                self._session = session
+            return self._session
 
     def __enter__(self) -> Fetcher:
         return self
@@ -593,7 +619,7 @@ class Fetcher:
                             h.update(chunk)
                         out.write(chunk)
                         progress.to(position)
-                except _NETWORK_ERRORS as exc:
+                except _network_errors() as exc:
                     raise _Retryable(f"the connection broke after {position} bytes ({exc})") from exc
                 finally:
                     out.flush()
@@ -673,13 +699,13 @@ class Fetcher:
 
     def _get(self, url: str, headers: dict[str, str]) -> requests.Response:
         try:
-            return self._session.get(url, headers=headers, stream=True, timeout=self._timeout, allow_redirects=True)
-        except _REQUEST_FATAL as exc:
+            return self._http().get(url, headers=headers, stream=True, timeout=self._timeout, allow_redirects=True)
+        except _request_fatal() as exc:
             raise FetchError(
                 f"could not request {url}: {exc}",
                 remedy="check the URL in the carry spec or the upstream metadata that named it",
             ) from exc
-        except _NETWORK_ERRORS as exc:
+        except _network_errors() as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
 
     def _check_status(self, url: str, resp: requests.Response, ok: tuple[int, ...]) -> None:
@@ -759,7 +785,7 @@ def _read_capped(resp: requests.Response, url: str, max_size: int, *, decode: bo
             if len(body) + len(chunk) > max_size:
                 raise _too_big(url, max_size, "more")
             body += chunk
-    except _NETWORK_ERRORS as exc:
+    except _network_errors() as exc:
         raise _Retryable(f"the connection broke after {len(body)} bytes ({exc})") from exc
     return bytes(body)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -17,6 +18,28 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """Make ``dest`` (a new name) hold ``src``'s content: a hard link where the file system allows
+    it, else a copy, fsynced so that it survives a power cut like a link does."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+        with open(dest, "rb+") as fh:
+            os.fsync(fh.fileno())
+
+
+def install_file(src: Path, dest: Path) -> None:
+    """Put ``src``'s content at ``dest`` (mode 0644) in one rename: readers see the old file or
+    the new one, never a part."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.bundler-tmp")
+    tmp.unlink(missing_ok=True)
+    link_or_copy(src, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)
 
 
 def require_writable(root: Path, what: str) -> None:

@@ -145,6 +145,11 @@ WINDOW_BYTES = 1024 * 1024 * 1024
 WRITEBACK_EVERY = 16 * 1024 * 1024
 
 
+def _compressor() -> zstandard.ZstdCompressor:
+    """The one frame format the writer produces (FORMAT.md §5.1): level 3, content size, XXH64."""
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
+
+
 def segment_cap(chunk_size: int, volumes: VolumeSet) -> int:
     """The largest raw segment the writer cuts: its frame fits a chunk and an empty volume."""
     cap = min(SEGMENT, max_raw_for(chunk_size))
@@ -315,7 +320,7 @@ def write_many(
 
     def work(seg: _Segment) -> tuple[Path, str, int] | None:
         if getattr(local, "cctx", None) is None:
-            local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
+            local.cctx = _compressor()
             local.buf = memoryview(bytearray(cap))
         try:
             data = _read_segment(seg, local.buf)
@@ -407,7 +412,7 @@ def _place_segment(tmp: Path, chunk_id: str, stored: int, raw: int, volumes: Vol
         volumes.next_volume()
         return [_place_chunk(tmp, chunk_id, stored, raw, volumes)]
     data = zstandard.ZstdDecompressor().decompress(tmp.read_bytes(), max_output_size=raw)
-    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
+    cctx = _compressor()
 
     def place(piece: bytes) -> str:
         frame = cctx.compress(piece)

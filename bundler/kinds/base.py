@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bundler.events import NullReporter, Reporter
-from bundler.model import Declared, Entry, FileRecord
+from bundler.hashing import sha256_file
+from bundler.model import Artifact, Declared, Entry, FileRecord
 
 if TYPE_CHECKING:
     from bundler.fetch import Fetcher
@@ -95,6 +96,12 @@ def check_before_publish(target: Target, change: Change) -> None:
     check = getattr(target, "check", None)
     if check is not None:
         check(change)
+
+
+def local_artifact(path: str, local: Path) -> Artifact:
+    """An artifact at ``path`` whose bytes are the local file ``local`` (hashed now)."""
+    digest, size = sha256_file(local)
+    return Artifact(path=path, sha256=digest, size=size, local=local)
 
 
 def _imported_on_call(module: str, name: str) -> Callable[..., Any]:

@@ -236,3 +236,13 @@ def generate_stream(root: Path, prefix: str = "ephemeral-v3/stable") -> Path:
 def serve_stream(stream: Stream) -> Iterator[FakeServer]:
     with serve_directory(stream.root) as srv:
         yield srv
+
+
+@contextmanager
+def signed_stream(root: Path) -> Iterator[tuple[Stream, FakeServer]]:
+    """A stream under ``root`` signed by a throwaway key, served on 127.0.0.1 while in use."""
+    with GpgHome() as g:
+        fpr = g.generate("Test Image Signing Key <images@example.invalid>")
+        stream = build_stream(root, g, fpr)
+        with serve_stream(stream) as srv:
+            yield stream, srv

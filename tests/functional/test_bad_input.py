@@ -214,14 +214,14 @@ def test_interrupted_publish_then_second_run_completes(ws: Workspace, tmp_path: 
     (hook / "sitecustomize.py").write_text(
         "import os\n"
         "from bundler.kinds.files import target\n"
-        "real = target._install\n"
+        "real = target.install_file\n"
         "calls = []\n"
         "def dying(src, dest):\n"
         "    real(src, dest)\n"
         "    calls.append(dest)\n"
         "    if len(calls) == 1:\n"
         "        os._exit(137)\n"
-        "target._install = dying\n"
+        "target.install_file = dying\n"
     )
     env = dict(os.environ, PYTHONPATH=f"{hook}:{ROOT}")
     proc = subprocess.run(

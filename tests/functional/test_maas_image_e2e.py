@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.gpg import GpgHome
 from tests.fakes.http_server import FakeServer, serve_directory
 from tests.fakes.maas_reader import MaasReader, MaasReadError, Selection
-from tests.fakes.simplestreams import BOOT_CID, IMAGES_CID, Stream, build_stream, serve_stream
+from tests.fakes.simplestreams import BOOT_CID, IMAGES_CID, Stream, signed_stream
 from tests.helpers import Workspace, snapshot, volumes
 
 PREFIX = "ephemeral-v3/stable"
@@ -25,11 +24,8 @@ NOBLE_AMD = "com.ubuntu.maas.stable:v3:boot:24.04:amd64:ga-24.04"
 
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[tuple[Stream, FakeServer]]:
-    with GpgHome() as g:
-        fpr = g.generate("Test Image Signing Key <images@example.invalid>")
-        stream = build_stream(tmp_path / "up", g, fpr)
-        with serve_stream(stream) as srv:
-            yield stream, srv
+    with signed_stream(tmp_path / "up") as up:
+        yield up
 
 
 def spec(ws: Workspace, stream: Stream, srv: FakeServer, filters: list[str], keep: int = 1) -> Path:

@@ -18,16 +18,13 @@ from bundler.kinds.maas_image.source import check_section, declare
 from bundler.model import Declared
 from tests.fakes.gpg import GpgHome
 from tests.fakes.http_server import FakeServer
-from tests.fakes.simplestreams import BOOT_CID, IMAGES_CID, Stream, build_stream, serve_stream
+from tests.fakes.simplestreams import BOOT_CID, IMAGES_CID, Stream, signed_stream
 
 
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[tuple[Stream, FakeServer]]:
-    with GpgHome() as g:
-        fpr = g.generate("Test Image Signing Key <images@example.invalid>")
-        stream = build_stream(tmp_path / "up", g, fpr)
-        with serve_stream(stream) as srv:
-            yield stream, srv
+    with signed_stream(tmp_path / "up") as up:
+        yield up
 
 
 def run(stream: Stream, srv: FakeServer, tmp_path: Path, **section: Any) -> list[Declared]:

@@ -21,10 +21,9 @@ from bundler.kinds.maas_image.mirror import Transaction
 from bundler.kinds.maas_image.source import check_section, declare
 from bundler.kinds.maas_image.target import MaasImageTarget
 from bundler.model import Entry, FileRecord
-from tests.fakes.gpg import GpgHome
 from tests.fakes.http_server import FakeServer, serve_directory
 from tests.fakes.maas_reader import MaasReader, MaasReadError, Selection
-from tests.fakes.simplestreams import IMAGES_CID, Stream, build_stream, serve_stream
+from tests.fakes.simplestreams import IMAGES_CID, Stream, signed_stream
 from tests.helpers import snapshot
 
 PREFIX = "ephemeral-v3/stable"
@@ -32,11 +31,8 @@ PREFIX = "ephemeral-v3/stable"
 
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[tuple[Stream, FakeServer]]:
-    with GpgHome() as g:
-        fpr = g.generate("Test Image Signing Key <images@example.invalid>")
-        stream = build_stream(tmp_path / "up", g, fpr)
-        with serve_stream(stream) as srv:
-            yield stream, srv
+    with signed_stream(tmp_path / "up") as up:
+        yield up
 
 
 def collect(stream: Stream, srv: FakeServer, tmp_path: Path, **section: Any) -> tuple[list[Entry], dict[str, Path]]:

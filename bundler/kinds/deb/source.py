@@ -61,8 +61,7 @@ from bundler.errors import (
     UpstreamSignatureError,
 )
 from bundler.fetch import Want
-from bundler.hashing import sha256_file
-from bundler.kinds.base import SourceContext
+from bundler.kinds.base import SourceContext, local_artifact
 from bundler.kinds.deb import names
 from bundler.kinds.deb.deb822 import StanzaError, open_index, select_stanzas
 from bundler.kinds.deb.loose import check_section as check_loose_section
@@ -610,12 +609,12 @@ class _Exporter:
 
     def _index_entry(self, s: _Suite) -> Declared:
         prefix = f"{self.name}/dists/{s.name}"
-        artifacts = [_local(f"{prefix}/{name}", path) for name, path in s.signed_files]
+        artifacts = [local_artifact(f"{prefix}/{name}", path) for name, path in s.signed_files]
         for idx in s.indexes:
             assert idx.path is not None
             e = idx.entry
             artifacts.append(Artifact(path=f"{prefix}/{e.path}", sha256=e.sha256, size=e.size, local=idx.path))
-        artifacts.append(_local(f"{self.name}/keyring.gpg", self.keyring))
+        artifacts.append(local_artifact(f"{self.name}/keyring.gpg", self.keyring))
         r = s.release
         return Declared(
             kind="deb",
@@ -680,11 +679,6 @@ def _place(src: Path, dest: Path) -> None:
 
 def _compression(path: str) -> str:
     return "xz" if path.endswith(".xz") else "gz" if path.endswith(".gz") else ""
-
-
-def _local(path: str, local: Path) -> Artifact:
-    digest, size = sha256_file(local)
-    return Artifact(path=path, sha256=digest, size=size, local=local)
 
 
 def declare(section: Mapping[str, Any], ctx: SourceContext) -> Iterator[Declared]:

@@ -8,13 +8,11 @@ ones are in place.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from bundler.errors import PublishError
-from bundler.fsio import fsync_dir, prune_empty, require_writable
+from bundler.fsio import fsync_dir, install_file, prune_empty, require_writable
 from bundler.kinds.base import Change, PublishReport, TargetContext
 from bundler.model import Entry, FileRecord
 from bundler.paths import resolve_inside
@@ -61,7 +59,7 @@ class FilesTarget:
                 )
             install.append((src, dest))
         for src, dest in install:
-            _install(src, dest)
+            install_file(src, dest)
             touched.add(dest.parent)
         removed_paths = sorted({f.path for e in change.previous for f in e.files} - set(wanted))
         for rel in removed_paths:
@@ -79,17 +77,3 @@ class FilesTarget:
             unchanged=len(change.entries) - len(change.added()),
             notes=(f"{len(wanted) - unchanged} file(s) written, {len(removed_paths)} removed, under {self.root}",),
         )
-
-
-def _install(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.bundler-tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)

@@ -10,10 +10,12 @@ drops the backups.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 from pathlib import Path
+
+from bundler.fsio import link_or_copy
+from bundler.hashing import sha256_file
 
 __all__ = ["Transaction", "same_content"]
 
@@ -25,14 +27,6 @@ def same_content(path: Path, data: bytes) -> bool:
         return path.read_bytes() == data
     except OSError:
         return False
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(4 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Transaction:
@@ -65,17 +59,12 @@ class Transaction:
         has that content (checked by ``sha256`` when given, else byte for byte)."""
         if dest.is_file() and not dest.is_symlink():
             if sha256 is not None:
-                if dest.stat().st_size == src.stat().st_size and _sha256(dest) == sha256:
+                if dest.stat().st_size == src.stat().st_size and sha256_file(dest)[0] == sha256:
                     return False
             elif same_content(dest, src.read_bytes()):
                 return False
         tmp = self._tmp()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+        link_or_copy(src, tmp)
         self._swap(tmp, dest)
         return True
 

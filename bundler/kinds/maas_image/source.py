@@ -31,8 +31,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from bundler.errors import FetchError, SpecError, UpstreamContentError, UpstreamDigestError, UpstreamSignatureError
-from bundler.hashing import sha256_file
-from bundler.kinds.base import SourceContext
+from bundler.kinds.base import SourceContext, local_artifact
 from bundler.kinds.maas_image.filters import Filter, FilterError, matches_all, parse_filters
 from bundler.kinds.maas_image.stream import (
     Index,
@@ -258,8 +257,8 @@ class _Exporter:
     def _stream_entry(
         self, index: Index, files: list[tuple[str, bytes]], keyring: Path, signers: list[str]
     ) -> Declared:
-        artifacts = [_local(f"{self.prefix}/{rel}", self.root / "signed" / rel) for rel, _ in files]
-        artifacts.append(_local(f"{self.prefix}/{KEYRING_NAME}", keyring))
+        artifacts = [local_artifact(f"{self.prefix}/{rel}", self.root / "signed" / rel) for rel, _ in files]
+        artifacts.append(local_artifact(f"{self.prefix}/{KEYRING_NAME}", keyring))
         return Declared(
             kind="maas_image",
             name=self.prefix,
@@ -332,11 +331,6 @@ def _offer(products: Sequence[ProductsFile]) -> str:
                     if item.flat.get(key):
                         seen[key].add(item.flat[key])
     return "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in seen.items()) or "no images at all"
-
-
-def _local(path: str, local: Path) -> Artifact:
-    digest, size = sha256_file(local)
-    return Artifact(path=path, sha256=digest, size=size, local=local)
 
 
 def declare(section: Mapping[str, Any], ctx: SourceContext) -> Iterator[Declared]:

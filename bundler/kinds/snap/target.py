@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler.errors import DigestError, PreflightError, PublishError, VerificationError
-from bundler.fsio import require_writable
+from bundler.fsio import install_file, require_writable
 from bundler.kinds.base import Change, PublishReport, TargetContext
 from bundler.kinds.snap.assertions import Assertion, AssertionProblem, parse_stream, select
 from bundler.kinds.snap.install_script import RepoSnap, render
@@ -279,7 +279,7 @@ class SnapTarget:
         for path, sha in files:
             dest = resolve_inside(tmp, path, what="snap repository")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(sources[sha], dest)
+            install_file(sources[sha], dest)
         (tmp / "install.sh").write_text(render(snaps))
         os.chmod(tmp / "install.sh", 0o755)
         (tmp / "index.json").write_bytes(data)
@@ -310,7 +310,7 @@ class SnapTarget:
             archived = self.archive / Path(f.path).name
             if not archived.is_file():
                 self.archive.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(sources[f.sha256], archived)
+                install_file(sources[f.sha256], archived)
             if f.sha256 in state and name in listed:
                 kept.append(name)
                 continue
@@ -389,24 +389,8 @@ def _anchors(metadata: Mapping[str, Any]) -> list[Assertion]:
 
 
 def _sha3_384(path: Path) -> tuple[str, int]:
-    h = hashlib.sha3_384()
-    size = 0
     with open(path, "rb") as fh:
-        while block := fh.read(4 << 20):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
-
-
-def _link_or_copy(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.bundler-tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)
+        return hashlib.file_digest(fh, "sha3_384").hexdigest(), os.fstat(fh.fileno()).st_size
 
 
 def _label(e: Entry) -> str:

@@ -178,7 +178,7 @@ class _FileHash:
         self.hasher = hashlib.sha256()
         self.ids: list[str] = []
         self._next = 0
-        self._broken = False
+        self._broken_at: int | None = None  # offset of the first segment that failed
         self._lock = lock
         self._stop = stop
 
@@ -187,7 +187,8 @@ class _FileHash:
         False, return False at once if they are not (the caller does other work first)."""
         with self._lock:
             while self._next != offset:
-                if self._broken or self._stop.is_set():
+                # A segment after a failed one never gets its turn; one before it still does.
+                if (self._broken_at is not None and offset > self._broken_at) or self._stop.is_set():
                     raise _Abandoned
                 if not wait:
                     return False
@@ -199,9 +200,11 @@ class _FileHash:
             self._lock.notify_all()
         return True
 
-    def fail(self) -> None:
+    def fail(self, offset: int) -> None:
+        """The segment at ``offset`` failed: the segments after it give up (its error is the one
+        reported, since the caller collects results in file order)."""
         with self._lock:
-            self._broken = True
+            self._broken_at = offset if self._broken_at is None else min(self._broken_at, offset)
             self._lock.notify_all()
 
     def digest(self) -> str:
@@ -330,7 +333,7 @@ def write_many(
             if not hashed:
                 seg.file.feed(seg.offset, data)
         except BaseException:
-            seg.file.fail()
+            seg.file.fail(seg.offset)
             raise
         if not seg.length:
             return None

@@ -108,7 +108,9 @@ def test_file_changed_since_declared_is_refused(tmp_path: Path) -> None:
 
 def test_a_file_shorter_than_declared_fails_in_a_middle_segment_without_hanging(tmp_path: Path) -> None:
     """Segments after a failed one wait for their turn to be hashed: they must give up, and the
-    error reported is the first one in file order, not theirs."""
+    error reported is the first one in file order, not theirs. Segments before the failed one
+    must not give up: the timing varies, so the run is repeated (before that was fixed, 52 of
+    300 runs ended in the internal `_Abandoned` instead of the file's error)."""
     src = tmp_path / "src"
     src.write_bytes(os.urandom(3 * 65_000))
     later = tmp_path / "later"
@@ -117,8 +119,9 @@ def test_a_file_shorter_than_declared_fails_in_a_middle_segment_without_hanging(
         FileToStore("f", src, None, 40 * 65_000),  # segments 4.. of ~64 KiB find nothing to read
         FileToStore("g", later, None, 4),
     ]
-    with pytest.raises(UpstreamDigestError, match="shorter than the 2600000 bytes"):
-        write_many(files, chunk_size=65536, volumes=VolumeSet(tmp_path / "o", None), workers=4)
+    for run in range(60):
+        with pytest.raises(UpstreamDigestError, match="shorter than the 2600000 bytes"):
+            write_many(files, chunk_size=65536, volumes=VolumeSet(tmp_path / f"o{run}", None), workers=4)
 
 
 def test_volume_too_small(tmp_path: Path) -> None:

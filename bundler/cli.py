@@ -123,7 +123,7 @@ def export_cmd(
         typer.Option(
             "--chunk-size",
             help="Largest stored piece (default 1G; at most 4G-1 for FAT32). Files are cut into pieces of at"
-            " most 8 MiB anyway; a smaller value cuts them smaller.",
+            " most 2 MiB anyway; a smaller value cuts them smaller.",
         ),
     ] = None,
     key: Annotated[Path, typer.Option("--key", help="Ed25519 signing key (PEM). Env: BUNDLER_KEY.")] = DEFAULT_KEY,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
+import mmap
 import os
 import shutil
 import threading
@@ -122,3 +125,84 @@ class BackgroundSync:
                 sync_filesystem(self._path)
             except OSError:
                 return  # reported by the caller's own final sync
+
+
+#: O_DIRECT wants the buffer address, the file offset and the length aligned to the device's
+#: logical block size; 4096 covers every common device (512-byte sectors included).
+DIRECT_ALIGN = 4096
+#: Files smaller than this are written through the page cache: a synchronous device write per
+#: small file would cost more than the copy it saves.
+DIRECT_MIN = 64 * 1024
+
+
+class DirectWriter:
+    """Writes new files around the page cache (O_DIRECT), for data this host will not read again.
+
+    A bundle's chunks go to removable media and are never read back by the exporter, so
+    copying them into the page cache first costs CPU (measured: that copy was 24-27 % of an
+    export's CPU on a 2-CPU VM) and evicts the operator's cached data for nothing. Each writer
+    owns one page-aligned buffer of ``capacity`` bytes: the data is copied into it, the aligned
+    head is written with O_DIRECT and the tail (under 4 KiB) through the page cache. Where the
+    file system refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6, some FUSE file systems), the
+    writer falls back to ordinary writes for the rest of its life. vfat turns extending direct
+    writes into buffered ones itself. Durability is unchanged: callers still sync at the end.
+    Not thread-safe: one writer per thread.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        size = -(-max(capacity, 1) // DIRECT_ALIGN) * DIRECT_ALIGN
+        self._map = mmap.mmap(-1, size)  # anonymous mappings are page-aligned
+        self._buf = memoryview(self._map)
+        self.direct = hasattr(os, "O_DIRECT")
+
+    def write_new(self, path: Path | str, data: bytes) -> int:
+        """Create ``path`` (mode 0644, truncated if it exists) holding ``data``; return how many
+        of its bytes went through the page cache (what a later sync still has to write)."""
+        n = len(data)
+        if self.direct and DIRECT_MIN <= n <= len(self._buf):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.direct = False
+            else:
+                try:
+                    return self._write_direct(fd, data)
+                finally:
+                    os.close(fd)
+        write_new_file(path, data)
+        return n
+
+    def _write_direct(self, fd: int, data: bytes) -> int:
+        n = len(data)
+        head = n - n % DIRECT_ALIGN
+        self._buf[:n] = data
+        try:
+            _write_all(fd, self._buf[:head])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # the device wants a larger alignment: stop trying
+                raise
+            self.direct = False
+            head = 0
+            os.ftruncate(fd, 0)
+        # The tail is not a whole block: write it (or, after a refusal, everything) buffered.
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        os.lseek(fd, head, os.SEEK_SET)
+        _write_all(fd, self._buf[head:n])
+        return n - head
+
+
+def _write_all(fd: int, view: memoryview | bytes) -> None:
+    view = memoryview(view)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_new_file(path: Path | str, data: bytes) -> None:
+    """Create ``path`` (mode 0644, truncated if it exists) holding ``data``, through the page cache."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)

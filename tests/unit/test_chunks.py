@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import math
 import os
+import threading
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from bundler.errors import DigestError, UnsafeMediaError, UpstreamDigestError, UsageError
+from bundler.format import chunks
 from bundler.format.chunks import (
     SEGMENT,
     FileToStore,
@@ -302,3 +305,43 @@ def test_unpacking_a_verified_chunk_never_exceeds_its_raw_size() -> None:
     short = ChunkRecord(id=rec.id, size=rec.size, raw_size=2_000_000, volume=1)
     with pytest.raises(DigestError, match="decompresses to 1000000 bytes, expected 2000000"):
         unpack_verified(frame, short, where="v1", sink=lambda b: None)
+
+
+@pytest.mark.parametrize("capacity", [None, 4 * 1024 * 1024])  # in place; via .bundler-tmp onto volumes
+def test_a_failed_chunk_write_is_raised_and_nothing_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capacity: int | None
+) -> None:
+    """Chunks are written by separate writer threads: a write that fails (here a full medium on
+    the fifth chunk) must surface as the export's error, with every thread stopped."""
+    real = chunks.DirectWriter.write_new
+    calls: list[Path] = []
+
+    def filling_up(self: chunks.DirectWriter, path: Path, data: bytes) -> int:
+        calls.append(path)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(self, path, data)
+
+    monkeypatch.setattr(chunks.DirectWriter, "write_new", filling_up)
+    files = []
+    for i in range(40):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(os.urandom(100_000))
+        files.append(FileToStore(p.name, p, None, 100_000))
+    vs = VolumeSet(tmp_path / "out", capacity, cluster=4096, used=4096)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            write_many(files, chunk_size=1 << 20, volumes=vs, workers=2)
+        except BaseException as exc:  # the test inspects whatever was raised
+            raised.append(exc)
+
+    before = set(threading.enumerate())
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "write_many hung after a failed chunk write"
+    assert len(raised) == 1 and isinstance(raised[0], OSError) and raised[0].errno == errno.ENOSPC, raised
+    assert set(threading.enumerate()) <= before, "writer or compression threads outlived write_many"
+    assert not (tmp_path / "out" / ".bundler-tmp").exists()

@@ -31,7 +31,7 @@ import zstandard
 from bundler.errors import DigestError, MissingChunkError, UnsafeMediaError, UpstreamDigestError, UsageError
 from bundler.format.layout import CHUNKS_DIR, MIN_CHUNK_SIZE, chunk_relpath, volume_dir_name
 from bundler.format.manifest import ChunkRecord
-from bundler.fsio import BackgroundSync, DirectWriter, write_new_file
+from bundler.fsio import DIRECT_MIN, BackgroundSync, DirectWriter, write_new_file
 from bundler.hashing import StatKey, stat_key
 
 ZSTD_LEVEL = 3
@@ -247,6 +247,35 @@ class _Segment:
     last: bool
 
 
+#: Whole files up to this size go to the pool in batches (up to BATCH_FILES files or BATCH_BYTES
+#: raw bytes per task): per-task costs (a future, thread wake-ups: 15 % of the CPU samples in
+#: context switches) were most of what a small file cost. Measured on 2 CPUs, 3,252 files of
+#: 64 B-256 KiB (111 MiB), export's own seconds: 0.64-0.71 s one task per file, 0.57-0.67 s
+#: with small chunks written by the worker itself, 0.49-0.51 s also batched. The 2 GiB corpus,
+#: 6 interleaved rounds: median 4.13 s unbatched, 4.05 s batched, tar|zstd 4.27 s.
+BATCH_FILE = 256 * 1024
+BATCH_FILES = 32
+BATCH_BYTES = 1024 * 1024
+
+
+def _batches(segments: Iterator[_Segment]) -> Iterator[tuple[_Segment, ...]]:
+    """Group consecutive whole small files into one task each; other segments go alone."""
+    batch: list[_Segment] = []
+    size = 0
+    for seg in segments:
+        small = seg.offset == 0 and seg.last and seg.length <= BATCH_FILE
+        if batch and (not small or len(batch) == BATCH_FILES or size + seg.length > BATCH_BYTES):
+            yield tuple(batch)
+            batch, size = [], 0
+        if small:
+            batch.append(seg)
+            size += seg.length
+        else:
+            yield (seg,)
+    if batch:
+        yield tuple(batch)
+
+
 def _segments(
     files: list[FileToStore], cap: int, lock: threading.Condition, stop: threading.Event
 ) -> Iterator[_Segment]:
@@ -366,11 +395,20 @@ def write_many(
             if chunk_id[:2] not in fanout:
                 path.parent.mkdir(exist_ok=True)
                 fanout.add(chunk_id[:2])
+        if len(frame) < DIRECT_MIN:  # written through the page cache, so no wait: no hand-off either
+            write_new_file(path, frame)
+            flusher.wrote(len(frame))
+            return path, chunk_id, len(frame), None
         unwritten.acquire()
         return path, chunk_id, len(frame), writers.submit(write, path, frame)
 
-    window: deque[tuple[_Segment, Future[tuple[Path, str, int, Future[None] | None] | None]]] = deque()
-    todo = _segments(files, cap, lock, stop)
+    def work_batch(batch: tuple[_Segment, ...]) -> list[tuple[Path, str, int, Future[None] | None] | None]:
+        return [work(seg) for seg in batch]  # in file order: the first failure is the one raised
+
+    window: deque[tuple[tuple[_Segment, ...], Future[list[tuple[Path, str, int, Future[None] | None] | None]]]] = (
+        deque()
+    )
+    todo = _batches(_segments(files, cap, lock, stop))
     ahead = 0  # raw bytes of the segments in the window
     try:
         with (
@@ -381,33 +419,33 @@ def write_many(
             try:
                 while True:
                     while len(window) < max(WINDOW_SEGMENTS, 2 * workers) and (not window or ahead < WINDOW_BYTES):
-                        seg = next(todo, None)
-                        if seg is None:
+                        batch = next(todo, None)
+                        if batch is None:
                             break
-                        window.append((seg, pool.submit(work, seg)))
-                        ahead += seg.length
+                        window.append((batch, pool.submit(work_batch, batch)))
+                        ahead += sum(seg.length for seg in batch)
                     if not window:
                         break
-                    seg, fut = window.popleft()
-                    ahead -= seg.length
-                    done = fut.result()
-                    if done is not None:
-                        path, chunk_id, stored, written_out = done
-                        if written_out is not None:
-                            written_out.result()  # in place (or in tmp_dir), or its error raised here
-                        if direct_dir is not None:
-                            _record_placed(chunk_id, stored, seg.length, volumes)
-                            seg.file.ids.append(chunk_id)
-                        else:
-                            seg.file.ids.extend(_place_segment(path, chunk_id, stored, seg.length, volumes))
-                    advance(seg.length)
-                    if seg.last:
-                        out[seg.file.file.key] = Stored(seg.file.digest(), tuple(seg.file.ids))
+                    batch, fut = window.popleft()
+                    ahead -= sum(seg.length for seg in batch)
+                    for seg, done in zip(batch, fut.result(), strict=True):
+                        if done is not None:
+                            path, chunk_id, stored, written_out = done
+                            if written_out is not None:
+                                written_out.result()  # in place (or in tmp_dir), or its error raised here
+                            if direct_dir is not None:
+                                _record_placed(chunk_id, stored, seg.length, volumes)
+                                seg.file.ids.append(chunk_id)
+                            else:
+                                seg.file.ids.extend(_place_segment(path, chunk_id, stored, seg.length, volumes))
+                        advance(seg.length)
+                        if seg.last:
+                            out[seg.file.file.key] = Stored(seg.file.digest(), tuple(seg.file.ids))
             finally:
                 stop.set()
                 with lock:
                     lock.notify_all()
-                for _seg, fut in window:
+                for _batch, fut in window:
                     fut.cancel()
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -16,6 +16,8 @@ import zstandard
 from bundler.errors import DigestError, UnsafeMediaError, UpstreamDigestError, UsageError
 from bundler.format import chunks
 from bundler.format.chunks import (
+    BATCH_FILE,
+    BATCH_FILES,
     SEGMENT,
     FileToStore,
     VolumeSet,
@@ -345,3 +347,27 @@ def test_a_failed_chunk_write_is_raised_and_nothing_hangs(
     assert len(raised) == 1 and isinstance(raised[0], OSError) and raised[0].errno == errno.ENOSPC, raised
     assert set(threading.enumerate()) <= before, "writer or compression threads outlived write_many"
     assert not (tmp_path / "out" / ".bundler-tmp").exists()
+
+
+def test_whole_small_files_are_batched_and_everything_else_goes_alone() -> None:
+    def seg(offset: int, length: int, last: bool) -> chunks._Segment:
+        return chunks._Segment(0, None, offset, length, last)  # type: ignore[arg-type]
+
+    small = [seg(0, 1000, True) for _ in range(BATCH_FILES + 3)]
+    big_head, big_tail = seg(0, SEGMENT, False), seg(SEGMENT, 10, True)
+    large_whole = seg(0, BATCH_FILE + 1, True)
+    got = list(chunks._batches(iter([*small, big_head, big_tail, small[0], large_whole, small[1]])))
+    assert [len(b) for b in got] == [BATCH_FILES, 3, 1, 1, 1, 1, 1]
+    assert got[2] == (big_head,) and got[3] == (big_tail,) and got[5] == (large_whole,)
+    by_bytes = list(chunks._batches(iter([seg(0, BATCH_FILE, True) for _ in range(9)])))
+    assert [len(b) for b in by_bytes] == [4, 4, 1]  # at most BATCH_BYTES (1 MiB) of raw data per task
+
+
+def test_a_small_file_that_shrank_in_a_batch_is_the_error_reported(tmp_path: Path) -> None:
+    files = []
+    for i in range(12):
+        p = tmp_path / f"f{i:02d}"
+        p.write_bytes(os.urandom(3000))
+        files.append(FileToStore(p.name, p, None, 3000 if i != 6 else 4000))  # f06 is shorter than declared
+    with pytest.raises(UpstreamDigestError, match=r"f06 is shorter than the 4000 bytes"):
+        write_many(files, chunk_size=1 << 20, volumes=VolumeSet(tmp_path / "o", None), workers=2)

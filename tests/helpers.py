@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bundler.exporter import ExportOptions
 from bundler.format.layout import MANIFEST_NAME, SIGNATURE_NAME
 from bundler.format.signing import generate_keypair, load_signing_key, sign
 
@@ -79,6 +81,18 @@ class Workspace:
             head += f"expires_days = {expires_days}\n"
         spec.write_text(head + body)
         return spec
+
+    def export_options(self, out: Path, *, full: bool = False) -> ExportOptions:
+        """Options for calling the library's export_bundle in-process (tests that patch it)."""
+        return ExportOptions(
+            spec=self.tree_spec(),
+            out=out,
+            key=self.key,
+            state_dir=self.state,
+            cache_dir=self.cache,
+            now=datetime(2026, 11, 26, tzinfo=UTC),
+            full=full,
+        )
 
     def tree_spec(self, name: str = "tree", dest: str = "data") -> Path:
         return self.write_spec(f'[[files]]\nname = "{name}"\npath = "{dest}"\nsource = "{self.src}"\n')

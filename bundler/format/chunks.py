@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, NamedTuple, cast
 
 import zstandard
 
@@ -145,9 +145,10 @@ class FileToStore:
 #: files and manifest records as 1 MiB.
 SEGMENT = 2 * 1024 * 1024
 TMP_DIR = ".bundler-tmp"
-#: How far ahead of the segment being placed the pool may work, in segments and in raw bytes.
-#: Finished segments wait on disk (or already in place), not in memory, so the window costs no
-#: RAM; a window of only ``2 * workers`` left a core idle behind every large file among small ones.
+#: How far ahead of the segment being placed the pool may work, in tasks (a segment, or a batch
+#: of small files) and in raw bytes. Finished segments wait on disk (or already in place), not in
+#: memory, so the window costs no RAM; a window of only ``2 * workers`` left a core idle behind
+#: every large file among small ones.
 WINDOW_SEGMENTS = 1024
 WINDOW_BYTES = 1024 * 1024 * 1024
 #: Chunk bytes written after which a background syncfs starts writing them to the media, so the
@@ -316,6 +317,16 @@ def _read_segment(seg: _Segment, view: memoryview) -> memoryview:
     return view[: seg.length]
 
 
+class _Compressed(NamedTuple):
+    """A segment's chunk: where it is written, its id and stored size, and the write in flight
+    (None once it is on the file system: written by the worker, or by an earlier segment)."""
+
+    path: Path
+    chunk_id: str
+    stored: int
+    writing: Future[None] | None
+
+
 def write_many(
     files: list[FileToStore],
     *,
@@ -365,7 +376,7 @@ def write_many(
         finally:
             unwritten.release()
 
-    def work(seg: _Segment) -> tuple[Path, str, int, Future[None] | None] | None:
+    def work(seg: _Segment) -> _Compressed | None:
         if getattr(local, "cctx", None) is None:
             local.cctx = _compressor()
             local.buf = memoryview(bytearray(cap))
@@ -390,7 +401,7 @@ def write_many(
             path = direct_dir / chunk_relpath(chunk_id)
             with lock:
                 if chunk_id in written:
-                    return path, chunk_id, len(frame), None
+                    return _Compressed(path, chunk_id, len(frame), None)
                 written.add(chunk_id)
             if chunk_id[:2] not in fanout:
                 path.parent.mkdir(exist_ok=True)
@@ -398,16 +409,14 @@ def write_many(
         if len(frame) < DIRECT_MIN:  # written through the page cache, so no wait: no hand-off either
             write_new_file(path, frame)
             flusher.wrote(len(frame))
-            return path, chunk_id, len(frame), None
+            return _Compressed(path, chunk_id, len(frame), None)
         unwritten.acquire()
-        return path, chunk_id, len(frame), writers.submit(write, path, frame)
+        return _Compressed(path, chunk_id, len(frame), writers.submit(write, path, frame))
 
-    def work_batch(batch: tuple[_Segment, ...]) -> list[tuple[Path, str, int, Future[None] | None] | None]:
+    def work_batch(batch: tuple[_Segment, ...]) -> list[_Compressed | None]:
         return [work(seg) for seg in batch]  # in file order: the first failure is the one raised
 
-    window: deque[tuple[tuple[_Segment, ...], Future[list[tuple[Path, str, int, Future[None] | None] | None]]]] = (
-        deque()
-    )
+    window: deque[tuple[tuple[_Segment, ...], Future[list[_Compressed | None]]]] = deque()
     todo = _batches(_segments(files, cap, lock, stop))
     ahead = 0  # raw bytes of the segments in the window
     try:
@@ -430,14 +439,14 @@ def write_many(
                     ahead -= sum(seg.length for seg in batch)
                     for seg, done in zip(batch, fut.result(), strict=True):
                         if done is not None:
-                            path, chunk_id, stored, written_out = done
-                            if written_out is not None:
-                                written_out.result()  # in place (or in tmp_dir), or its error raised here
+                            if done.writing is not None:
+                                done.writing.result()  # in place (or in tmp_dir), or its error raised here
                             if direct_dir is not None:
-                                _record_placed(chunk_id, stored, seg.length, volumes)
-                                seg.file.ids.append(chunk_id)
+                                _record_placed(done.chunk_id, done.stored, seg.length, volumes)
+                                seg.file.ids.append(done.chunk_id)
                             else:
-                                seg.file.ids.extend(_place_segment(path, chunk_id, stored, seg.length, volumes))
+                                placed = _place_segment(done.path, done.chunk_id, done.stored, seg.length, volumes)
+                                seg.file.ids.extend(placed)
                         advance(seg.length)
                         if seg.last:
                             out[seg.file.file.key] = Stored(seg.file.digest(), tuple(seg.file.ids))

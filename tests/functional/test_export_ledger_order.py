@@ -8,28 +8,16 @@ any manifest reaches the media, and an export that fails afterwards rewinds the 
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bundler import exporter
-from bundler.exporter import ExportOptions, export_bundle
+from bundler.exporter import export_bundle
 from bundler.format.layout import MANIFEST_NAME
 from bundler.format.state import StateStore
 from tests.helpers import Workspace
-
-
-def _options(ws: Workspace, out: Path) -> ExportOptions:
-    return ExportOptions(
-        spec=ws.tree_spec(),
-        out=out,
-        key=ws.key,
-        state_dir=ws.state,
-        cache_dir=ws.cache,
-        now=datetime(2026, 11, 26, tzinfo=UTC),
-    )
 
 
 def test_ledger_records_the_bundle_before_its_manifest_reaches_the_media(
@@ -46,7 +34,7 @@ def test_ledger_records_the_bundle_before_its_manifest_reaches_the_media(
         real(path, data, **kw)
 
     monkeypatch.setattr(exporter, "atomic_write", spy)
-    result = export_bundle(_options(ws, tmp_path / "b1"))
+    result = export_bundle(ws.export_options(tmp_path / "b1"))
     assert seen and seen[0] is not None, "manifest.json was written before the ledger knew the bundle"
     assert (seen[0].sequence, seen[0].digest) == (1, result.digest)
 
@@ -54,7 +42,7 @@ def test_ledger_records_the_bundle_before_its_manifest_reaches_the_media(
 def test_a_failure_while_writing_the_media_rewinds_the_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ws = Workspace(tmp_path)
     (ws.src / "a.bin").write_bytes(os.urandom(10_000))
-    first = export_bundle(_options(ws, tmp_path / "b1"))
+    first = export_bundle(ws.export_options(tmp_path / "b1"))
     (ws.src / "b.bin").write_bytes(os.urandom(10_000))
     real = exporter.atomic_write
 
@@ -65,10 +53,10 @@ def test_a_failure_while_writing_the_media_rewinds_the_ledger(tmp_path: Path, mo
 
     monkeypatch.setattr(exporter, "atomic_write", failing)
     with pytest.raises(OSError, match="No space left"):
-        export_bundle(_options(ws, tmp_path / "b2"))
+        export_bundle(ws.export_options(tmp_path / "b2"))
     st = StateStore(ws.state).get(ws.series)
     assert st is not None and (st.sequence, st.digest) == (1, first.digest)
     assert not any((tmp_path / "b2").iterdir()), "a failed export left volumes behind"
     monkeypatch.setattr(exporter, "atomic_write", real)
-    again = export_bundle(_options(ws, tmp_path / "b3"))
+    again = export_bundle(ws.export_options(tmp_path / "b3"))
     assert again.sequence == 2 and again.base is not None and again.base.digest == first.digest

@@ -7,14 +7,13 @@ early check, an export too large for one bundle would compress for hours and fai
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bundler import exporter
 from bundler.errors import UsageError
-from bundler.exporter import ExportOptions, export_bundle
+from bundler.exporter import export_bundle
 from bundler.format.layout import MANIFEST_NAME
 from bundler.format.state import StateStore
 from tests.helpers import Workspace
@@ -28,18 +27,6 @@ def _workspace(tmp_path: Path) -> Workspace:
         (ws.src / "small" / f"{i:02d}").parent.mkdir(exist_ok=True)
         (ws.src / "small" / f"{i:02d}").write_bytes(os.urandom(100 + 37 * i))
     return ws
-
-
-def _options(ws: Workspace, out: Path, *, full: bool = False) -> ExportOptions:
-    return ExportOptions(
-        spec=ws.tree_spec(),
-        out=out,
-        key=ws.key,
-        state_dir=ws.state,
-        cache_dir=ws.cache,
-        now=datetime(2026, 11, 26, tzinfo=UTC),
-        full=full,
-    )
 
 
 def _floor_seen(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -59,12 +46,12 @@ def test_the_floor_is_below_the_real_manifest_and_a_bundle_at_the_cap_is_not_ref
 ) -> None:
     ws = _workspace(tmp_path)
     seen = _floor_seen(monkeypatch)
-    first = export_bundle(_options(ws, tmp_path / "b1"))
+    first = export_bundle(ws.export_options(tmp_path / "b1"))
     actual = len((first.volumes[0] / MANIFEST_NAME).read_bytes())
     assert len(seen) == 1 and 0.8 * actual < seen[0] <= actual, (seen, actual)
     # Exactly at the cap: allowed (the manifest of a --full re-export differs only in numbers).
     monkeypatch.setattr(exporter, "MANIFEST_MAX_BYTES", actual + 64)
-    again = export_bundle(_options(ws, tmp_path / "b2", full=True))
+    again = export_bundle(ws.export_options(tmp_path / "b2", full=True))
     assert again.sequence == 2
 
 
@@ -80,7 +67,7 @@ def test_a_bundle_whose_manifest_cannot_fit_is_refused_before_any_chunk_is_writt
     with pytest.raises(
         UsageError, match=r"\(32 files\) needs a manifest of at least \d+ bytes, over the 5000-byte cap"
     ) as e:
-        export_bundle(_options(ws, out))
+        export_bundle(ws.export_options(out))
     assert e.value.exit_code == 11
     assert "split the carry spec" in (e.value.remedy or "")
     assert seen and seen[0] > 5000

@@ -15,7 +15,7 @@ from bundler import __version__
 from bundler.errors import SpecError, UsageError
 from bundler.events import NullReporter, Reporter
 from bundler.fetch import Fetcher, Want
-from bundler.format.chunks import MIN_SEGMENT, SEGMENT, FileToStore, VolumeSet, max_raw_for, write_many
+from bundler.format.chunks import MIN_SEGMENT, FileToStore, VolumeSet, longest_segment, write_many
 from bundler.format.layout import (
     DEFAULT_CHUNK_SIZE,
     FAT32_MAX_FILE,
@@ -288,7 +288,7 @@ def _size(a: Artifact, sizes: dict[str, int]) -> int:
 
 def _manifest_floor(declared: list[Declared], carry: tuple[str, ...], sizes: dict[str, int], chunk_size: int) -> int:
     """A lower bound of manifest.json's size for this bundle, known before anything is compressed."""
-    segment = min(SEGMENT, max_raw_for(chunk_size))  # the longest a chunk's raw piece can be
+    segment = longest_segment(chunk_size)  # a volume size only makes segments shorter
     chunks = sum(-(-sizes[s] // segment) for s in carry)
     return chunks * _MANIFEST_FLOOR_PER_CHUNK + sum(
         _MANIFEST_FLOOR_PER_FILE + len(a.path) for d in declared for a in d.artifacts
@@ -337,6 +337,6 @@ def _reserve(
     est_volumes = math.ceil(total / max(1, volume_size // 2)) + 1
     # Segments are at most this long (smaller than the writer's cap: the capacity is less than
     # half the volume size only where the export fails anyway); a split adds one per volume.
-    cap = max(MIN_SEGMENT, min(SEGMENT, max_raw_for(chunk_size), max_raw_for(volume_size // 2)))
+    cap = max(MIN_SEGMENT, longest_segment(chunk_size, volume_size // 2))
     est_chunks = sum(math.ceil(sizes[s] / cap) for s in carry) + est_volumes + len(carry)
     return len(draft.to_bytes()) + est_chunks * _MANIFEST_BYTES_PER_CHUNK + _VOLUME_SLACK

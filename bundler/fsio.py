@@ -135,6 +135,12 @@ DIRECT_ALIGN = 4096
 DIRECT_MIN = 64 * 1024
 
 
+def goes_direct(size: int) -> bool:
+    """Whether a :class:`DirectWriter` writes a file of ``size`` bytes around the page cache
+    (where the file system allows it), so that the write waits for the device."""
+    return size >= DIRECT_MIN
+
+
 class DirectWriter:
     """Writes new files around the page cache (O_DIRECT), for data this host will not read again.
 
@@ -159,7 +165,7 @@ class DirectWriter:
         """Create ``path`` (mode 0644, truncated if it exists) holding ``data``; return how many
         of its bytes went through the page cache (what a later sync still has to write)."""
         n = len(data)
-        if self.direct and DIRECT_MIN <= n <= len(self._buf):
+        if self.direct and goes_direct(n) and n <= len(self._buf):
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
             except OSError as exc:

@@ -31,7 +31,7 @@ import zstandard
 from bundler.errors import DigestError, MissingChunkError, UnsafeMediaError, UpstreamDigestError, UsageError
 from bundler.format.layout import CHUNKS_DIR, MIN_CHUNK_SIZE, chunk_relpath, volume_dir_name
 from bundler.format.manifest import ChunkRecord
-from bundler.fsio import DIRECT_MIN, BackgroundSync, DirectWriter, write_new_file
+from bundler.fsio import BackgroundSync, DirectWriter, goes_direct, write_new_file
 from bundler.hashing import StatKey, stat_key
 
 ZSTD_LEVEL = 3
@@ -162,16 +162,23 @@ def _compressor() -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True)
 
 
+def longest_segment(chunk_size: int, room: int | None = None) -> int:
+    """The rule for how long a raw segment may be: :data:`SEGMENT`, less if its frame must fit
+    ``chunk_size`` or ``room`` bytes (an empty volume's room for chunks)."""
+    cap = min(SEGMENT, max_raw_for(chunk_size))
+    return cap if room is None else min(cap, max_raw_for(room))
+
+
 def segment_cap(chunk_size: int, volumes: VolumeSet) -> int:
     """The largest raw segment the writer cuts: its frame fits a chunk and an empty volume."""
-    cap = min(SEGMENT, max_raw_for(chunk_size))
-    if volumes.capacity is not None:
-        cap = min(cap, max_raw_for(volumes.capacity - 3 * volumes.cluster))
-        if cap < MIN_SEGMENT:
-            raise UsageError(
-                f"--volume-size leaves only {max(0, volumes.capacity)} bytes per volume for chunks",
-                remedy="use a larger --volume-size (a volume must hold the manifest and at least one chunk)",
-            )
+    if volumes.capacity is None:
+        return longest_segment(chunk_size)
+    cap = longest_segment(chunk_size, volumes.capacity - 3 * volumes.cluster)
+    if cap < MIN_SEGMENT:
+        raise UsageError(
+            f"--volume-size leaves only {max(0, volumes.capacity)} bytes per volume for chunks",
+            remedy="use a larger --volume-size (a volume must hold the manifest and at least one chunk)",
+        )
     return cap
 
 
@@ -406,7 +413,7 @@ def write_many(
             if chunk_id[:2] not in fanout:
                 path.parent.mkdir(exist_ok=True)
                 fanout.add(chunk_id[:2])
-        if len(frame) < DIRECT_MIN:  # written through the page cache, so no wait: no hand-off either
+        if not goes_direct(len(frame)):  # through the page cache, so no wait: no hand-off either
             write_new_file(path, frame)
             flusher.wrote(len(frame))
             return _Compressed(path, chunk_id, len(frame), None)
